@@ -12,11 +12,17 @@ from .noise import generators_from_seeds, randn
 from .samplers import invert_ddim, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule, timesteps
+from .models import PRESETS, create_model
+from .pipeline import Pipeline, load
+from .train import TrainConfig, TrainResult, train
+from .data import load_images
+from .toy import corrupt
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NoiseSchedule", "timesteps", "add_noise", "levels", "to_x0_eps", "prediction_target", "training_loss",
     "Denoiser", "dynamic_threshold", "sample", "ddim_invert", "SAMPLERS", "sample_ddim", "sample_ddpm",
-    "sample_dpmpp_2m", "invert_ddim", "slerp", "lerp", "randn", "generators_from_seeds",
+    "sample_dpmpp_2m", "invert_ddim", "slerp", "lerp", "randn", "generators_from_seeds", "create_model", "PRESETS",
+    "Pipeline", "load", "TrainConfig", "TrainResult", "train", "load_images", "corrupt",
 ]

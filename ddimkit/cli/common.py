@@ -1,0 +1,153 @@
+"""Argument types and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+
+class UsageError(ValueError):
+    """Bad input from the command line: printed as one line, exit code 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def eta_value(text: str) -> float | str:
+    if text == "large":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eta must be a number >= 0 or 'large', got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"eta must be a number >= 0 or 'large', got {text!r}")
+    return v
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check, before any work, that ``path`` can be written (its folder is created if needed)."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{path}: the output must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")
+    writable_dir(path.parent)
+    return path
+
+
+def writable_dir(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {path}: permission denied")
+    return path
+
+
+def device_arg(text: str | None) -> torch.device:
+    if text in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"unknown device {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA device is available")
+    return dev
+
+
+def add_ckpt_args(p: argparse.ArgumentParser):
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint folder, diffusers folder or hub id")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the EMA weights when the checkpoint has them (default: yes)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="network precision on CUDA (default: bf16 on CUDA, fp32 on CPU)")
+
+
+def load_pipeline(args):
+    from ..pipeline import load
+
+    device = device_arg(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    return load(args.ckpt, ema=args.ema, device=device, precision=precision)
+
+
+def add_grid_args(p: argparse.ArgumentParser, steps_default: int | None = 50):
+    p.add_argument("--steps", type=positive_int, default=steps_default,
+                   help="sampling steps (default: %(default)s; for ddpm the full T)")
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace", "quadratic", "logsnr"), default=None,
+                   help="timestep grid (default: the model's; logsnr for dpmpp-2m)")
+
+
+def read_tensor_file(path: str | Path) -> torch.Tensor:
+    """A noise tensor saved by ``ddimkit invert``: .safetensors, or .pt read with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".safetensors":
+        from ..checkpoint import load_safetensors
+
+        tensors = load_safetensors(path)
+        if "noise" not in tensors:
+            raise UsageError(f"{path} has no tensor named 'noise'")
+        return tensors["noise"]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"cannot read {path} as a weights-only tensor file: {str(e).splitlines()[0]}") from None
+    if not torch.is_tensor(obj):
+        raise UsageError(f"{path} does not hold a tensor")
+    return obj
+
+
+def write_tensor_file(t: torch.Tensor, path: Path):
+    from ..checkpoint import atomic_write
+
+    t = t.detach().cpu().contiguous()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda p: save_file({"noise": t}, str(p)))
+    else:
+        atomic_write(path, lambda p: torch.save(t, p))

@@ -1,0 +1,178 @@
+"""``ddimkit train``, ``ddimkit toy`` and ``ddimkit demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .common import UsageError, non_negative_int, positive_float, positive_int, writable_dir
+
+
+def register(sub):
+    from ..train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a diffusion model from scratch",
+                       description="Train a UNet on a dataset with ε, x0 or v prediction. Checkpoints are written "
+                                   "atomically to --out; --resume continues a run exactly.")
+    p.add_argument("--data", default=d.data,
+                   help="mnist-5k (bundled), mnist, fashion-mnist, cifar10 (online), folder:PATH, npz:PATH[:KEY]")
+    p.add_argument("--model", default=d.model, help="tiny, mnist, ddpm-cifar10, ddpm-256 (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--steps", type=positive_int, default=d.steps)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear LR warm-up steps")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=d.ema_warmup)
+    p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction)
+    p.add_argument("--min-snr-gamma", type=positive_float, default=None, help="min-SNR-γ loss weighting")
+    p.add_argument("--schedule", choices=("linear", "scaled-linear", "cosine", "sigmoid"), default=d.schedule)
+    p.add_argument("--timesteps", type=positive_int, default=d.num_train_timesteps, help="training timesteps T")
+    p.add_argument("--beta-start", type=positive_float, default=None)
+    p.add_argument("--beta-end", type=positive_float, default=None)
+    p.add_argument("--image-size", type=positive_int, default=None, help="fit images to this size")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="convert images to 1 or 3 channels")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="store 'clip x̂0 to [-1, 1]' as the model's sampling default (default: yes)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-every", type=non_negative_int, default=d.save_every)
+    p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every)
+    p.add_argument("--log-every", type=non_negative_int, default=d.log_every)
+    p.add_argument("--keep", type=positive_int, default=d.keep, help="checkpoints to keep")
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=d.mixed_precision)
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA)")
+    p.add_argument("--num-sample-images", type=non_negative_int, default=d.num_sample_images)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("toy", help="the from-scratch tutorial's toy model: BasicUNet, corrupt, x0 prediction",
+                       description="Train the BasicUNet to undo `corrupt` (uniform-noise mixing) and sample by moving "
+                                   "1/(n-i) of the way to its prediction at step i.")
+    p.add_argument("--data", default="mnist-5k")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=positive_int, default=600, help="training steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--sample-steps", type=positive_int, default=40)
+    p.add_argument("--num", type=positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_toy)
+
+    p = sub.add_parser("demo", help="the main job on the bundled data: train tiny, sample DDPM and DDIM",
+                       description="Train the tiny UNet on the bundled 5,000 MNIST digits (CPU, offline), then sample "
+                                   "64 digits with DDPM (1000 steps) and with DDIM (50 steps, η=0).")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=positive_int, default=DEMO["steps"])
+    p.add_argument("--num", type=positive_int, default=64)
+    p.set_defaults(func=cmd_demo)
+
+
+def config_from_args(args):
+    from ..train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in names}
+    kw["num_train_timesteps"] = args.timesteps
+    kw["schedule"] = args.schedule.replace("-", "_")
+    kw["clip_sample"] = 1.0 if args.clip else None
+    return TrainConfig(**kw)
+
+
+def cmd_train(args):
+    from ..train import train
+
+    cfg = config_from_args(args)
+    writable_dir(cfg.out)
+    result = train(cfg, resume=args.resume)
+    last = result.losses[-1][1] if result.losses else float("nan")
+    print(f"trained {result.step} steps ({result.images_per_second:.0f} images/s); final loss {last:.4f}; "
+          f"checkpoint in {result.out}")
+
+
+def cmd_toy(args):
+    from ..checkpoint import atomic_write, write_json
+    from ..data import load_images
+    from ..models import BasicUNet
+    from ..toy import toy_sample, toy_train_step
+    from ..viz import labelled_grid, plot_loss, save_grid
+
+    out = writable_dir(args.out)
+    images = load_images(args.data)
+    x01 = images.float() / 255
+    torch.manual_seed(args.seed)
+    net = BasicUNet(in_channels=images.shape[1], out_channels=images.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    g = torch.Generator().manual_seed(args.seed)
+    losses = []
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(args.steps), desc="toy", unit="step"):
+        idx = torch.randint(0, len(x01), (args.batch_size,), generator=g)
+        losses.append(float(toy_train_step(net, opt, x01[idx], g)))
+    net.eval()
+    shape = (args.num, *images.shape[1:])
+    x, _, _ = toy_sample(net, shape, args.sample_steps, torch.Generator().manual_seed(args.seed + 1))
+    save_grid(x.clamp(0, 1) * 2 - 1, out / "samples.png", scale=2)
+    _, inputs, preds = toy_sample(net, (8, *images.shape[1:]), 5, torch.Generator().manual_seed(args.seed + 2))
+    rows = [torch.cat([inputs[i], preds[i]]).clamp(0, 1) * 2 - 1 for i in range(5)]
+    labelled_grid(rows, [f"step {i}" for i in range(5)], ["x (input)"] * 8 + ["prediction"] * 8, out / "process.png",
+                  title="5 steps: inputs (left 8) and predictions (right 8)", cell=0.6)
+    plot_loss(list(range(1, len(losses) + 1)), losses, out / "loss.png", title="toy model: x0 MSE")
+    from safetensors.torch import save_file
+
+    atomic_write(out / "model.safetensors", lambda p: save_file(net.state_dict(), str(p)))
+    write_json(out / "config.json", {"model": {"class": "BasicUNet", "config": net.config},
+                                     "toy": vars(args) | {"func": None}, "final_loss": losses[-1]})
+    print(f"trained the toy BasicUNet for {args.steps} steps (final loss {losses[-1]:.4f}); wrote samples.png, "
+          f"process.png, loss.png and the weights to {out}")
+
+
+# The demo's recipe: the tiny UNet on the bundled digits, sized to finish within ten minutes on 2 CPU cores.
+DEMO = dict(model="tiny", data="mnist-5k", steps=1500, batch_size=64, lr=2e-3, warmup=100, lr_schedule="cosine",
+            ema_decay=0.995, save_every=500, sample_every=0, log_every=10, num_sample_images=0, seed=0)
+
+
+def cmd_demo(args):
+    from ..pipeline import load
+    from ..train import TrainConfig, train
+    from ..viz import save_grid
+
+    out = writable_dir(args.out)
+    cfg = TrainConfig(**{**DEMO, "steps": args.steps, "out": str(out)})
+    t0 = time.perf_counter()
+    latest = out / "latest"
+    if latest.is_file():
+        stored = json.loads((out / "config.json").read_text())["train"]
+        done = int(latest.read_text().strip().split("-")[1])
+        if {k: v for k, v in stored.items() if k != "out"} != {k: v for k, v in vars(cfg).items() if k != "out"}:
+            raise UsageError(f"{out} holds another run; remove it or choose another --out")
+        result = train(cfg, resume=True) if done < cfg.steps else None
+    else:
+        result = train(cfg)
+    train_s = time.perf_counter() - t0
+    pipe = load(out, device="cpu")
+    timings = {"train_seconds": round(train_s, 1)}
+    if result is not None:
+        timings["train_images_per_second"] = round(result.images_per_second, 1)
+    for sampler, steps in (("ddpm", 1000), ("ddim", 50)):
+        t1 = time.perf_counter()
+        x = pipe.sample(args.num, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0),
+                        progress=True)
+        timings[f"{sampler}_{steps}_seconds"] = round(time.perf_counter() - t1, 1)
+        path = save_grid(x, out / f"{sampler}_{steps}.png", nrow=8, scale=2)
+        print(f"wrote {path}")
+    from ..checkpoint import write_json
+
+    write_json(out / "demo.json", timings)
+    print("demo done: " + ", ".join(f"{k} {v}" for k, v in timings.items()))

@@ -1,0 +1,264 @@
+"""A trained model with everything needed to use it: :class:`Pipeline` and :func:`load`.
+
+``dk.load(path)`` reads a native checkpoint (a run folder or a checkpoint folder) or a diffusers pipeline
+folder / hub id, and returns a :class:`Pipeline`: the network, its noise schedule, its prediction type and
+its sampling defaults, with ``sample``, ``invert``, ``reconstruct`` and ``interpolate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .interpolate import slerp
+from .noise import generators_from_seeds, randn
+from .sampling import SAMPLERS, ddim_invert, sample
+from .schedule import NoiseSchedule
+
+__all__ = ["Pipeline", "load", "build_model", "load_weights", "default_device", "SAMPLING_DEFAULTS"]
+
+SAMPLING_DEFAULTS = dict(clip_sample=None, thresholding=None, sample_max_value=1.0, spacing="leading",
+                         steps_offset=0, set_alpha_to_one=True, variance="small", use_clipped_model_output=False)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(model_cfg: dict) -> torch.nn.Module:
+    """Instantiate a network from its stored description ``{"class": ..., "config": {...}}``."""
+    from .models import model_from_config
+
+    try:
+        return model_from_config(model_cfg.get("class"), model_cfg["config"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"the checkpoint's model description is invalid: {e}") from None
+
+
+def load_weights(model: torch.nn.Module, state: dict, where) -> None:
+    """Load a state dict strictly, turning a mismatch into one clear ValueError."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise ValueError(f"{where}: weights do not fit the model: {first.strip()}") from None
+    if missing or unexpected:
+        raise ValueError(f"{where}: weights do not fit the model ({len(missing)} missing, {len(unexpected)} "
+                         f"unexpected, e.g. {(missing or unexpected)[0]})")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass
+class Pipeline:
+    """A diffusion model ready to sample, invert and interpolate.
+
+    Attributes:
+        model: the network, ``model(x, t)``.
+        schedule: its training :class:`NoiseSchedule`.
+        prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
+        config: the stored configuration (model, schedule, sampling defaults, data, training).
+        sampling: sampling defaults (clip_sample, spacing, steps_offset, set_alpha_to_one, ...).
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast for the network on CUDA.
+    """
+
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    prediction_type: str
+    config: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        self.sampling = {**SAMPLING_DEFAULTS, **(self.sampling or {})}
+        self.model.eval()
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model works on."""
+        cfg = getattr(self.model, "config", {}) or {}
+        size = cfg.get("sample_size") or self.config.get("data", {}).get("image_size")
+        if isinstance(size, (list, tuple)):
+            h, w = size
+        else:
+            h = w = int(size)
+        return int(cfg.get("in_channels", 1)), int(h), int(w)
+
+    def to(self, device) -> "Pipeline":
+        self.model.to(device)
+        return self
+
+    def _net(self) -> Callable:
+        model, device, precision = self.model, self.device, self.precision
+
+        def net(x, t):
+            with _autocast(device, precision):
+                out = model(x, t)
+            return getattr(out, "sample", out).float()
+
+        return net
+
+    def _options(self, spacing, clip_sample, sampler):
+        opts = dict(self.sampling)
+        if spacing is None:
+            spacing = "logsnr" if sampler == "dpmpp-2m" and not self.schedule.zero_terminal_snr else opts["spacing"]
+        opts["spacing"] = spacing
+        if clip_sample != "config":
+            opts["clip_sample"] = clip_sample
+            if clip_sample is None:
+                opts["thresholding"] = None
+        return opts
+
+    def check_images(self, x: torch.Tensor, what: str = "images"):
+        c, h, w = self.image_shape
+        if x.ndim != 4 or x.shape[1:] != (c, h, w):
+            raise ValueError(f"{what} have shape {tuple(x.shape[1:])}; the model takes ({c}, {h}, {w})")
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, sampler: str = "ddim", steps: int | Sequence[int] | None = None,
+               eta: float | str = 0.0, spacing: str | None = None, clip_sample="config",
+               generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
+               batch_size: int | None = None, x_T: torch.Tensor | None = None, callback: Callable | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """Generate ``n`` images in [-1, 1], shape (n, C, H, W), on the CPU.
+
+        The starting noise is drawn from ``generator`` first (all n at once), then the per-step noise from
+        the same generator, as diffusers' pipelines do — so for n ≤ batch_size a seed gives the same images.
+        With ``seeds`` instead, sample i uses its own generator and does not depend on the batch size.
+
+        Args:
+            n: number of images (or ``len(seeds)``, or ``len(x_T)``).
+            sampler: ``ddim``, ``ddpm`` or ``dpmpp-2m``.
+            steps: number of steps (default: T for ddpm, 50 otherwise) or an explicit grid.
+            eta: DDIM's η, or ``"large"`` (see :func:`ddimkit.sample`).
+            spacing: grid spacing; default the model's (``logsnr`` for dpmpp-2m).
+            clip_sample: ``"config"`` (the model's default), ``None`` (off) or a range r.
+            generator: a CPU or device ``torch.Generator``.
+            seeds: one seed per image, instead of ``generator``.
+            batch_size: images per forward batch (default: all at once).
+            x_T: explicit starting noise (then ``n`` is its batch size).
+            callback: per-step callback (see :func:`ddimkit.sample`); ``i`` restarts for every batch.
+            progress: show a progress bar.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        shape = self.image_shape
+        device = self.device
+        if seeds is not None:
+            if generator is not None:
+                raise ValueError("give either seeds or generator, not both")
+            gens = generators_from_seeds(seeds)
+            n = len(gens)
+            x_T = torch.cat([randn((1, *shape), g) for g in gens]) if x_T is None else x_T
+        else:
+            gens = generator
+            if x_T is None:
+                if n is None or n < 1:
+                    raise ValueError(f"number of images must be at least 1, got {n}")
+                x_T = randn((n, *shape), generator)
+        n = x_T.shape[0]
+        self.check_images(x_T, "starting noise")
+        opts = self._options(spacing, clip_sample, sampler)
+        batch_size = batch_size or n
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        out = []
+        net = self._net()
+        nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)
+        with _progress(progress, math.ceil(n / batch_size) * (nsteps if isinstance(nsteps, int) else len(nsteps)),
+                       f"{sampler}") as bar:
+            def cb(d):
+                bar.update(1)
+                if callback is not None:
+                    callback(d)
+
+            for lo in range(0, n, batch_size):
+                g = gens[lo:lo + batch_size] if isinstance(gens, list) else gens
+                x = sample(net, x_T[lo:lo + batch_size].to(device), self.schedule, sampler=sampler, steps=steps,
+                           eta=eta, prediction_type=self.prediction_type, generator=g, callback=cb, **opts)
+                out.append(x.float().cpu())
+        return torch.cat(out).clamp(-1, 1)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
+               refine: int = 0, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+        """DDIM-invert images in [-1, 1] (N, C, H, W) to their starting noise (see :func:`ddimkit.ddim_invert`)."""
+        self.check_images(images)
+        spacing = spacing or self.sampling["spacing"]
+        batch_size = batch_size or images.shape[0]
+        net, out = self._net(), []
+        for lo in range(0, images.shape[0], batch_size):
+            x = images[lo:lo + batch_size].to(self.device).float()
+            out.append(ddim_invert(net, x, self.schedule, steps, spacing, self.prediction_type, refine,
+                                   steps_offset=self.sampling["steps_offset"],
+                                   set_alpha_to_one=self.sampling["set_alpha_to_one"]).cpu())
+        return torch.cat(out)
+
+    def reconstruct(self, x_T: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
+                    batch_size: int | None = None) -> torch.Tensor:
+        """Decode noise with deterministic, unclipped DDIM on the same grid as :meth:`invert`."""
+        return self.sample(x_T=x_T, sampler="ddim", steps=steps, eta=0.0, spacing=spacing or self.sampling["spacing"],
+                           clip_sample=None, batch_size=batch_size)
+
+    def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float], steps: int = 50,
+                    spacing: str | None = None, batch_size: int | None = None) -> torch.Tensor:
+        """slerp between two noises (1, C, H, W) at each α and decode with DDIM η=0: (len(alphas), C, H, W)."""
+        zs = slerp(z0, z1, list(alphas))[:, 0]
+        return self.sample(x_T=zs, sampler="ddim", steps=steps, eta=0.0, spacing=spacing, batch_size=batch_size)
+
+
+class _NullBar:
+    def update(self, k=1):
+        pass
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        yield _NullBar()
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
+        yield bar
+
+
+def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32") -> Pipeline:
+    """Load a model as a :class:`Pipeline`.
+
+    ``path`` is a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with
+    ``model_index.json`` or ``unet/config.json``), or a hub id such as ``google/ddpm-cifar10-32``.
+    ``ema`` picks the EMA weights when the checkpoint has them.
+    """
+    from .checkpoint import read_checkpoint
+
+    device = torch.device(device) if device is not None else default_device()
+    p = Path(path)
+    if (p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file() or not p.exists():
+        from .diffusers_io import is_hub_id, load_diffusers
+
+        if p.exists() or is_hub_id(str(path)):
+            return load_diffusers(str(path), device=device, precision=precision)
+    ck = read_checkpoint(p, ema=ema)
+    cfg = ck["config"]
+    model = build_model(cfg["model"])
+    load_weights(model, ck["model"], ck["dir"])
+    return Pipeline(model.to(device), NoiseSchedule.from_config(cfg["schedule"]), cfg["prediction_type"], cfg,
+                    cfg.get("sampling", {}), precision)
