@@ -30,7 +30,8 @@ _NPZ_KEYS = ("x", "images", "x_train", "arr_0")
 
 def cache_dir() -> Path:
     """ddimkit's cache: ``$DDIMKIT_CACHE`` or ``~/.cache/ddimkit``."""
-    return Path(os.environ.get("DDIMKIT_CACHE") or Path.home() / ".cache" / "ddimkit")
+    env = os.environ.get("DDIMKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddimkit"
 
 
 def array_to_nchw(a: np.ndarray, name: str = "array") -> torch.Tensor:
@@ -222,5 +223,8 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] → uint8 [0, 255] (clamped and rounded, as diffusers' pipelines do)."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """float [-1, 1] → uint8 [0, 255] (clamped and rounded, as diffusers' pipelines do).
+
+    FID is measured on 8-bit images, so samples are quantised like the real data before feature extraction.
+    """
+    return ((torch.as_tensor(x).detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
