@@ -70,6 +70,8 @@ class Pipeline:
         config: the stored configuration (model, schedule, sampling defaults, data, training).
         sampling: sampling defaults (clip_sample, spacing, steps_offset, set_alpha_to_one, ...).
         precision: ``fp32``, or ``bf16``/``fp16`` autocast for the network on CUDA.
+        compile: run the network through ``torch.compile`` (worth it on CUDA for more than a few batches;
+            the first call compiles).
     """
 
     model: torch.nn.Module
@@ -78,6 +80,7 @@ class Pipeline:
     config: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)
     precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self):
         self.sampling = {**SAMPLING_DEFAULTS, **(self.sampling or {})}
@@ -107,6 +110,11 @@ class Pipeline:
 
     def _net(self) -> Callable:
         model, device, precision = self.model, self.device, self.precision
+        if self.compile:
+            # Compiled once per Pipeline; the sampling loop's fixed shapes keep it from recompiling.
+            if getattr(self, "_compiled", None) is None:
+                self._compiled = torch.compile(self.model)
+            model = self._compiled
 
         def net(x, t):
             with _autocast(device, precision):
@@ -240,12 +248,13 @@ def _progress(enabled: bool, total: int, desc: str):
         yield bar
 
 
-def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32") -> Pipeline:
+def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32", compile: bool = False) -> Pipeline:
     """Load a model as a :class:`Pipeline`.
 
     ``path`` is a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with
     ``model_index.json`` or ``unet/config.json``), or a hub id such as ``google/ddpm-cifar10-32``.
-    ``ema`` picks the EMA weights when the checkpoint has them.
+    ``ema`` picks the EMA weights when the checkpoint has them; ``precision`` and ``compile`` set the fast
+    path (see :class:`Pipeline`).
     """
     from .checkpoint import read_checkpoint
 
@@ -255,10 +264,12 @@ def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32
         from .diffusers_io import is_hub_id, load_diffusers
 
         if p.exists() or is_hub_id(str(path)):
-            return load_diffusers(str(path), device=device, precision=precision)
+            pipe = load_diffusers(str(path), device=device, precision=precision)
+            pipe.compile = compile
+            return pipe
     ck = read_checkpoint(p, ema=ema)
     cfg = ck["config"]
     model = build_model(cfg["model"])
     load_weights(model, ck["model"], ck["dir"])
     return Pipeline(model.to(device), NoiseSchedule.from_config(cfg["schedule"]), cfg["prediction_type"], cfg,
-                    cfg.get("sampling", {}), precision)
+                    cfg.get("sampling", {}), precision, compile)

@@ -96,21 +96,25 @@ def device_arg(text: str | None) -> torch.device:
     return dev
 
 
-def add_ckpt_args(p: argparse.ArgumentParser):
-    p.add_argument("--ckpt", required=True, help="run folder, checkpoint folder, diffusers folder or hub id")
+def add_ckpt_args(p: argparse.ArgumentParser, required: bool = True):
+    p.add_argument("--ckpt", required=required, help="run folder, checkpoint folder, diffusers folder or hub id")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="use the EMA weights when the checkpoint has them (default: yes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="network precision on CUDA (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (default: on with CUDA, off on CPU)")
 
 
 def load_pipeline(args):
     from ..pipeline import load
 
     device = device_arg(args.device)
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    return load(args.ckpt, ema=args.ema, device=device, precision=precision)
+    cuda = device.type == "cuda"
+    precision = args.precision or ("bf16" if cuda else "fp32")
+    compile_ = cuda if getattr(args, "compile", None) is None else args.compile
+    return load(args.ckpt, ema=args.ema, device=device, precision=precision, compile=compile_)
 
 
 def add_grid_args(p: argparse.ArgumentParser, steps_default: int | None = 50):

@@ -52,7 +52,8 @@ def register(sub):
     p.add_argument("--log-every", type=non_negative_int, default=d.log_every)
     p.add_argument("--keep", type=positive_int, default=d.keep, help="checkpoints to keep")
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=d.mixed_precision)
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (default: on with CUDA, off on CPU)")
     p.add_argument("--num-sample-images", type=non_negative_int, default=d.num_sample_images)
     p.set_defaults(func=cmd_train)
 
@@ -86,6 +87,7 @@ def config_from_args(args):
     kw["num_train_timesteps"] = args.timesteps
     kw["schedule"] = args.schedule.replace("-", "_")
     kw["clip_sample"] = 1.0 if args.clip else None
+    kw["compile"] = torch.cuda.is_available() if args.compile is None else args.compile
     return TrainConfig(**kw)
 
 
