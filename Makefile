@@ -28,8 +28,9 @@ install: $(STAMP)
 inception: $(STAMP)
 	-@$(PY) -m ddimkit fetch-inception
 
+# One BLAS/OpenMP thread per worker: two workers on two cores must not each spin up two threads.
 test: $(STAMP) inception
-	$(PY) -m pytest -q -n $(WORKERS) -p no:cacheprovider
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) -p no:cacheprovider
 
 demo: $(STAMP)
 	$(PY) -m ddimkit demo --out runs/demo

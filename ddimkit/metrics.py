@@ -124,11 +124,15 @@ class FIDStats:
 # --------------------------------------------------------------------------------------------------------
 
 
+def _check_psd(w: np.ndarray, name: str):
+    if w.size and w.min() < -1e-6 * max(1.0, float(np.abs(w).max())):
+        raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g})")
+
+
 def _psd_sqrt(a: np.ndarray, name: str) -> np.ndarray:
     """Symmetric square root of a positive semi-definite matrix; round-off negatives are clipped to 0."""
     w, v = np.linalg.eigh(a)
-    if w.size and w.min() < -1e-6 * max(1.0, float(np.abs(w).max())):
-        raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g})")
+    _check_psd(w, name)
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
@@ -171,7 +175,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     # Covariances are symmetric up to round-off; make them exactly so for eigh.
     sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
     root1 = _psd_sqrt(sigma1, "sigma1")
-    _psd_sqrt(sigma2, "sigma2")  # validates Σ2 the same way
+    _check_psd(np.linalg.eigvalsh(sigma2), "sigma2")
     m = root1 @ sigma2 @ root1
     cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2

@@ -163,11 +163,11 @@ def test_bad_names_and_steps(run, tmp_path, capsys):
                     str(tmp_path / "z.pt")], "exceeds")
     for argv in (["sample", "--ckpt", str(run), "--steps", "0", "--out", out],
                  ["sample", "--ckpt", str(run), "--sampler", "euler", "--out", out],
-                 ["sample", "--ckpt", str(run), "--eta", "-1", "--out", out],
-                 ["sample", "--ckpt", str(run), "--out", str(tmp_path / "x.jpg")][:5]):
+                 ["sample", "--ckpt", str(run), "--eta", "-1", "--out", out]):
         with pytest.raises(SystemExit) as e:  # argparse's own errors also exit with 2
             main(argv)
         assert e.value.code == 2
+    capsys.readouterr()
     _error(capsys, ["sample", "--ckpt", str(run), "--out", str(tmp_path / "x.jpg")], "must end in .png or .npz")
 
 

@@ -422,7 +422,8 @@ def test_real_features_gray_equals_rgb(inception):
     f_rgb = M.inception_features(gray.repeat(1, 3, 1, 1), inception)
     assert f_gray.shape == (2, 2048) and f_gray.dtype == np.float64 and np.isfinite(f_gray).all()
     assert (f_gray >= 0).all() and f_gray.std() > 0  # post-ReLU average pool
-    np.testing.assert_allclose(f_gray, f_rgb, rtol=0, atol=1e-6)
+    # equal up to the float rounding of differently laid-out convolutions (1e-5 of features of size ~1)
+    np.testing.assert_allclose(f_gray, f_rgb, rtol=1e-5, atol=1e-5)
     assert not np.allclose(f_gray[0], f_gray[1])
 
 
