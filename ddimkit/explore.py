@@ -369,23 +369,28 @@ def eta_vs_ddpm(pipe, out, seed: int = 33, num: int = 1, steps: int | None = Non
     error (on the full grid, ``steps`` = T, and on any sub-grid, where DDPM is respaced). With x̂0 clipped to
     [-r, r] they part: DDPM's posterior mean (DDPM eq. 7) uses only the clipped x̂0 and x_t, while DDIM's step
     (eq. 12) pairs the clipped x̂0 with the unclipped ε̂, as diffusers' DDIMScheduler does (the DDIM note's
-    finding). The network runs in float32 whatever the pipeline's precision. Also reports
+    finding). Re-deriving ε̂ from the clipped x̂0 (improved-diffusion's way) makes them one process again —
+    the third row. The network runs in float32 whatever the pipeline's precision. Also reports
     :func:`variance_precision`. Writes ``eta-vs-ddpm.png``.
     """
     out = _folder(out)
     pipe = _fp32_small_variance(pipe)
     T = pipe.schedule.num_train_timesteps
     steps = steps or T
-    settings = {"no clipping": None, f"clip x̂0 to ±{clip_range:g}": clip_range}
+    # (label, clip range, re-derive ε̂ from the clipped x̂0)
+    settings = [("no clipping", None, False), (f"clip ±{clip_range:g}, ε̂ kept", clip_range, False),
+                (f"clip ±{clip_range:g}, ε̂ re-derived", clip_range, True)]
     rows, figure_rows = [], []
-    for label, clip in settings.items():
-        kw = dict(steps=steps, clip_sample=clip, batch_size=batch_size, progress=progress)
+    for label, clip, rederive in settings:
+        kw = dict(steps=steps, clip_sample=clip, batch_size=batch_size, progress=progress,
+                  use_clipped_model_output=rederive)
         ddpm = pipe.sample(num, sampler="ddpm", generator=_gen(seed), **kw)
         ddim = pipe.sample(num, sampler="ddim", eta=1.0, generator=_gen(seed), **kw)
-        rows.append({"setting": label, "clip_sample": clip, **_diff(ddpm, ddim)})
+        rows.append({"setting": label, "clip_sample": clip, "eps_from_clipped_x0": rederive, **_diff(ddpm, ddim)})
         figure_rows.append(torch.cat([ddpm[:1], ddim[:1], _diff_image(ddpm[:1], ddim[:1])]))
     grid = "the full grid" if steps == T else f"a {steps}-step grid"
-    labelled_grid(figure_rows, list(settings), ["DDPM", "DDIM η=1", "|DDPM - DDIM|"], out / "eta-vs-ddpm.png",
+    labelled_grid(figure_rows, [label for label, *_ in settings], ["DDPM", "DDIM η=1", "|DDPM - DDIM|"],
+                  out / "eta-vs-ddpm.png",
                   title=f"DDIM η=1 vs DDPM on {grid}, seed {seed}", cell=1.6)
     variance = variance_precision(pipe.schedule)
     numbers = {"seed": seed, "num": num, "steps": steps, "rows": rows, "variance": variance}

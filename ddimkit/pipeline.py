@@ -123,8 +123,10 @@ class Pipeline:
 
         return net
 
-    def _options(self, spacing, clip_sample, sampler):
+    def _options(self, spacing, clip_sample, sampler, use_clipped_model_output=None):
         opts = dict(self.sampling)
+        if use_clipped_model_output is not None:
+            opts["use_clipped_model_output"] = use_clipped_model_output
         if spacing is None:
             spacing = "logsnr" if sampler == "dpmpp-2m" and not self.schedule.zero_terminal_snr else opts["spacing"]
         opts["spacing"] = spacing
@@ -144,7 +146,7 @@ class Pipeline:
                eta: float | str = 0.0, spacing: str | None = None, clip_sample="config",
                generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
                batch_size: int | None = None, x_T: torch.Tensor | None = None, callback: Callable | None = None,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, use_clipped_model_output: bool | None = None) -> torch.Tensor:
         """Generate ``n`` images in [-1, 1], shape (n, C, H, W), on the CPU.
 
         The starting noise is drawn from ``generator`` first (all n at once), then the per-step noise from
@@ -164,6 +166,8 @@ class Pipeline:
             x_T: explicit starting noise (then ``n`` is its batch size).
             callback: per-step callback (see :func:`ddimkit.sample`); ``i`` restarts for every batch.
             progress: show a progress bar.
+            use_clipped_model_output: with clipping, re-derive ε̂ from the clipped x̂0 (default: the model's
+                setting — on for models trained by ddimkit, off for diffusers checkpoints, as diffusers does).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -183,7 +187,7 @@ class Pipeline:
                 x_T = randn((n, *shape), generator)
         n = x_T.shape[0]
         self.check_images(x_T, "starting noise")
-        opts = self._options(spacing, clip_sample, sampler)
+        opts = self._options(spacing, clip_sample, sampler, use_clipped_model_output)
         batch_size = batch_size or n
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")

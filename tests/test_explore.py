@@ -102,13 +102,14 @@ def test_trajectory_records_both_samplers(pipe, tmp_path):
         assert pts[-1]["x0_rms_to_final"] < 1e-6  # the last step returns x̂0 itself
 
 
-def test_eta_one_equals_ddpm_without_clipping_only(pipe, tmp_path):
+def test_eta_one_equals_ddpm_unless_clipping_keeps_eps(pipe, tmp_path):
     # DDIM(η=1) is DDPM on any grid (respaced DDPM on a sub-grid); 20 steps keep the test fast.
     numbers = ex.eta_vs_ddpm(pipe, tmp_path, seed=33, num=1, steps=20)
     _written(tmp_path, "eta-vs-ddpm")
-    no_clip, clip = numbers["rows"]
+    no_clip, clip, rederived = numbers["rows"]
     assert no_clip["clip_sample"] is None and no_clip["max_abs_diff"] <= 1e-4
     assert clip["clip_sample"] == 1.0 and clip["max_abs_diff"] > 1e-2  # x̂0 of this model leaves [-1, 1]
+    assert rederived["eps_from_clipped_x0"] and rederived["max_abs_diff"] <= 1e-4  # one process again
     assert "0.01999996" in (tmp_path / "eta-vs-ddpm.md").read_text()
 
 

@@ -13,53 +13,54 @@ class UsageError(ValueError):
     """Bad input from the command line: printed as one line, exit code 2."""
 
 
-def positive_int(text: str) -> int:
+def _parsed(text: str, cast, ok, what: str):
+    """Parse one argument with ``cast`` and check it with ``ok``; argparse reports the error and exits 2."""
     try:
-        v = int(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _parsed(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
+    return _parsed(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
+    return _parsed(text, float, lambda v: v > 0, "a positive number")
 
 
 def eta_value(text: str) -> float | str:
+    """DDIM's η: a number >= 0, or ``large`` for the σ̂ variant."""
     if text == "large":
         return text
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"eta must be a number >= 0 or 'large', got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"eta must be a number >= 0 or 'large', got {text!r}")
-    return v
+    return _parsed(text, float, lambda v: v >= 0, "eta as a number >= 0 or 'large'")
+
+
+def _split(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    return [_parsed(v, float, lambda v: True, "comma-separated numbers") for v in _split(text)]
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated integers >= 0, at least one."""
+    values = [non_negative_int(v) for v in _split(text)]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def eta_list(text: str) -> list:
+    return [eta_value(v) for v in _split(text)]
 
 
 def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:

@@ -2,37 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import warnings
 
-from .common import UsageError, add_ckpt_args, load_pipeline, positive_int, writable_dir
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return values
-
-
-def _eta_list(text: str) -> list:
-    out = []
-    for v in text.split(","):
-        v = v.strip()
-        if v == "large":
-            out.append(v)
-            continue
-        try:
-            f = float(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"eta values are numbers >= 0 or 'large', got {v!r}") from None
-        if f < 0:
-            raise argparse.ArgumentTypeError(f"eta values are numbers >= 0 or 'large', got {v!r}")
-        out.append(f)
-    return out
+from .common import UsageError, add_ckpt_args, eta_list, int_list, load_pipeline, positive_int, writable_dir
 
 
 def _add_inception(p):
@@ -49,6 +21,7 @@ def register(sub):
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--num", type=positive_int, default=None, help="use the first N images of each set")
+    p.add_argument("--num-b", type=positive_int, default=None, help="use the first N images of B (default: --num)")
     p.add_argument("--kid", action="store_true", help="also report KID")
     p.add_argument("--batch-size", type=positive_int, default=50)
     p.add_argument("--device", default=None, help="default: cuda if available")
@@ -63,18 +36,18 @@ def register(sub):
     add_ckpt_args(p)
     p.add_argument("--ref", required=True, help="reference images, e.g. fashion-mnist:test or npz:PATH:x_test")
     p.add_argument("--out", required=True, help="output folder (fid.csv/.md/.json, samples/)")
-    p.add_argument("--steps", type=_int_list, default=[10, 20, 50, 100, 1000])
-    p.add_argument("--eta", type=_eta_list, default=[0.0, 0.2, 0.5, 1.0, "large"],
+    p.add_argument("--steps", type=int_list, default=[10, 20, 50, 100, 1000])
+    p.add_argument("--eta", type=eta_list, default=[0.0, 0.2, 0.5, 1.0, "large"],
                    help="comma-separated η values; 'large' is the σ̂ row (default: 0,0.2,0.5,1,large)")
     p.add_argument("--solvers", default="", help="extra rows of deterministic solvers, e.g. dpmpp-2m")
-    p.add_argument("--num", type=positive_int, default=1000, help="samples per cell (and reference images)")
+    p.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default: %(default)s)")
     p.add_argument("--ref-num", type=positive_int, default=None, help="reference images (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fid", action="store_true", help="skip the FID table (e.g. with --reconstruction)")
     p.add_argument("--reconstruction", action="store_true", help="also write Table 2 (inversion error)")
     p.add_argument("--recon-num", type=positive_int, default=100, help="images for --reconstruction")
-    p.add_argument("--refine", type=_int_list, default=[0], help="fixed-point iterations, e.g. 0,3")
+    p.add_argument("--refine", type=int_list, default=[0], help="fixed-point iterations, e.g. 0,3")
     _add_inception(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -94,7 +67,7 @@ def cmd_fid(args):
     from .. import metrics
     from ..evaluate import check_compatible, image_set_stats, read_image_set
 
-    a, b = read_image_set(args.a, args.num), read_image_set(args.b, args.num)
+    a, b = read_image_set(args.a, args.num), read_image_set(args.b, args.num_b or args.num)
     if a.images is not None and b.images is not None:
         check_compatible(a.images, b.images)
     for s in (a, b):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import (UsageError, add_ckpt_args, float_list, load_pipeline, non_negative_int, positive_float,
-                     positive_int, writable_dir)
+from .common import (UsageError, add_ckpt_args, float_list, int_list, load_pipeline, non_negative_int,
+                     positive_float, positive_int, writable_dir)
 
 EPILOG = """experiments:
   schedule        √ᾱ_t, √(1-ᾱ_t) and log-SNR against t for the four beta schedules (no --ckpt)
@@ -47,16 +47,6 @@ WITHOUT_MODEL = {"schedule", "noising"}
 _ALL_OPTIONS = sorted({opt for opts in OPTIONS.values() for opt in opts} | {"clip_range"})
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return values
-
-
 def _name_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -71,9 +61,9 @@ def register(sub):
     add_ckpt_args(p, required=False)  # schedule and noising run without a model; cmd_explore checks the rest
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="seed of the starting noise (default: the note's)")
-    p.add_argument("--seeds", type=_int_list, default=None,
+    p.add_argument("--seeds", type=int_list, default=None,
                    help="two seeds: interpolation's endpoints (77,2707); determinism's generators (8,9)")
-    p.add_argument("--steps", type=_int_list, default=None,
+    p.add_argument("--steps", type=int_list, default=None,
                    help="sampling steps: a list for steps-grid and reconstruction, one number otherwise")
     p.add_argument("--etas", type=float_list, default=None, help="η values (steps-grid, determinism)")
     p.add_argument("--alphas", type=float_list, default=None, help="interpolation weights (interpolation)")
@@ -81,7 +71,7 @@ def register(sub):
     p.add_argument("--data", default=None,
                    help="images (noising, reconstruction, interpolation): a dataset spec such as mnist-5k, "
                         "folder:PATH or npz:PATH (default: the model's training data)")
-    p.add_argument("--images", type=_int_list, default=None,
+    p.add_argument("--images", type=int_list, default=None,
                    help="interpolation: indices of the two images in --data (default: the first and last)")
     p.add_argument("--refine", type=non_negative_int, default=None, help="fixed-point iterations of inversion")
     p.add_argument("--ddpm-steps", type=positive_int, default=None, help="trajectory: DDPM steps (default: T)")

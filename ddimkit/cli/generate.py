@@ -24,6 +24,9 @@ def register(sub):
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂0 to [-r, r] (default: the model's setting)")
     p.add_argument("--clip-range", type=positive_float, default=1.0, help="r for --clip (default: 1)")
+    p.add_argument("--clipped-eps", action=argparse.BooleanOptionalAction, default=None,
+                   help="with clipping, re-derive ε̂ from the clipped x̂0 (default: the model's setting; on for "
+                        "models trained by ddimkit, off for diffusers checkpoints)")
     p.add_argument("--num", type=positive_int, default=64, help="number of images (default: 64)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator (default: 0)")
@@ -78,7 +81,7 @@ def cmd_sample(args):
             record.append({k: (v[:1].detach().cpu() if torch.is_tensor(v) else v) for k, v in d.items()})
 
     kw = dict(sampler=args.sampler, steps=steps, eta=args.eta, spacing=args.spacing, clip_sample=clip,
-              batch_size=args.batch_size, callback=callback, progress=True)
+              batch_size=args.batch_size, callback=callback, progress=True, use_clipped_model_output=args.clipped_eps)
     if args.sampler == "ddpm":
         pipe.sampling["variance"] = args.variance
     if args.per_sample_seeds:

@@ -27,7 +27,8 @@ def register(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--steps", type=positive_int, default=d.steps)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default: by preset, 2e-3 for tiny, 2e-4 for ddpm-cifar10)")
     p.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear LR warm-up steps")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -141,8 +142,8 @@ def cmd_toy(args):
 
 
 # The demo's recipe: the tiny UNet on the bundled digits, sized to finish within ten minutes on 2 CPU cores.
-DEMO = dict(model="tiny", data="mnist-5k", steps=1500, batch_size=64, lr=2e-3, warmup=100, lr_schedule="cosine",
-            ema_decay=0.995, save_every=500, sample_every=0, log_every=10, num_sample_images=0, seed=0)
+DEMO = dict(model="tiny", data="mnist-5k", steps=1500, batch_size=128, lr=2e-3, warmup=100, lr_schedule="cosine",
+            ema_decay=0.999, save_every=500, sample_every=0, log_every=10, num_sample_images=0, seed=0)
 
 
 def cmd_demo(args):
