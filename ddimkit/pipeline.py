@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from .interpolate import slerp
+from .batching import auto_batch_size
 from .noise import generators_from_seeds, randn
 from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule
@@ -108,9 +109,9 @@ class Pipeline:
         self.model.to(device)
         return self
 
-    def _net(self) -> Callable:
+    def _net(self, compiled: bool = True) -> Callable:
         model, device, precision = self.model, self.device, self.precision
-        if self.compile:
+        if self.compile and compiled:
             # Compiled once per Pipeline; the sampling loop's fixed shapes keep it from recompiling.
             if getattr(self, "_compiled", None) is None:
                 self._compiled = torch.compile(self.model)
@@ -135,6 +136,14 @@ class Pipeline:
             if clip_sample is None:
                 opts["thresholding"] = None
         return opts
+
+    def _batch_size(self, batch_size: int | None, n: int) -> int:
+        """The user's batch size, else all n on the CPU and as many as fit on a GPU (:mod:`ddimkit.batching`)."""
+        if batch_size is None:
+            batch_size = auto_batch_size(self._net(compiled=False), self.image_shape, n, self.device)
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        return batch_size
 
     def check_images(self, x: torch.Tensor, what: str = "images"):
         c, h, w = self.image_shape
@@ -162,7 +171,8 @@ class Pipeline:
             clip_sample: ``"config"`` (the model's default), ``None`` (off) or a range r.
             generator: a CPU or device ``torch.Generator``.
             seeds: one seed per image, instead of ``generator``.
-            batch_size: images per forward batch (default: all at once).
+            batch_size: images per forward batch (default: all at once on the CPU; on a GPU as many as fit
+                in free memory).
             x_T: explicit starting noise (then ``n`` is its batch size).
             callback: per-step callback (see :func:`ddimkit.sample`); ``i`` restarts for every batch.
             progress: show a progress bar.
@@ -188,9 +198,7 @@ class Pipeline:
         n = x_T.shape[0]
         self.check_images(x_T, "starting noise")
         opts = self._options(spacing, clip_sample, sampler, use_clipped_model_output)
-        batch_size = batch_size or n
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        batch_size = self._batch_size(batch_size, n)
         out = []
         net = self._net()
         nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)
@@ -214,7 +222,7 @@ class Pipeline:
         """DDIM-invert images in [-1, 1] (N, C, H, W) to their starting noise (see :func:`ddimkit.ddim_invert`)."""
         self.check_images(images)
         spacing = spacing or self.sampling["spacing"]
-        batch_size = batch_size or images.shape[0]
+        batch_size = self._batch_size(batch_size, images.shape[0])
         net, out = self._net(), []
         for lo in range(0, images.shape[0], batch_size):
             x = images[lo:lo + batch_size].to(self.device).float()

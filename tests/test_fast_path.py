@@ -49,3 +49,30 @@ def test_compiled_network_is_used_and_agrees(run, monkeypatch):
     p.sample(2, steps=4, generator=g())  # compiled once per pipeline
     assert len(calls) == 1 and calls[0] is p.model
     assert (plain - fast).abs().max() <= 1e-5
+
+
+def test_batch_for_memory():
+    from ddimkit.batching import batch_for_memory
+
+    gib, mib = 2**30, 2**20
+    assert batch_for_memory(10_000, 10 * gib, mib) == 8192          # 80% of 10 GiB at 1 MiB per image
+    assert batch_for_memory(10_000, 10 * gib, 3 * mib) == 2728      # 2730 rounded down to a multiple of 8
+    assert batch_for_memory(100, 10 * gib, mib) == 100              # never more than asked for
+    assert batch_for_memory(100, mib, 10 * gib) == 1                # too big still runs, one at a time
+    assert batch_for_memory(5, 100, 16) == 5                        # small batches are not rounded
+    with pytest.raises(ValueError, match="at least 1"):
+        batch_for_memory(0, gib, mib)
+
+
+def test_auto_batch_size_is_everything_on_the_cpu(run):
+    from ddimkit.batching import auto_batch_size
+
+    def net(x, t):
+        raise AssertionError("the CPU needs no probe")
+
+    assert auto_batch_size(net, (1, 28, 28), 10_000, torch.device("cpu")) == 10_000
+    p = dk.load(run, device="cpu")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    # the default (one batch) draws the same images as an explicit batch of all of them
+    assert torch.equal(p.sample(3, sampler="ddim", steps=3, eta=1.0, generator=g()),
+                       p.sample(3, sampler="ddim", steps=3, eta=1.0, generator=g(), batch_size=3))

@@ -41,6 +41,16 @@ def test_lr_schedule():
     assert lr_at(50, TrainConfig(steps=100, lr=1.0, warmup=10, lr_schedule="constant")) == 1.0
 
 
+def test_lr_defaults_to_the_presets():
+    from ddimkit.train import DEFAULT_LR
+
+    for model in ("tiny", "ddpm-cifar10"):
+        cfg = TrainConfig(model=model, steps=100, warmup=0, lr_schedule="constant")
+        assert lr_at(50, cfg) == DEFAULT_LR[model]
+    assert DEFAULT_LR["ddpm-cifar10"] == 2e-4  # the DDPM paper's CIFAR-10 rate
+    assert lr_at(50, TrainConfig(model="tiny", lr=0.5, steps=100, warmup=0, lr_schedule="constant")) == 0.5
+
+
 def test_loss_falls_and_checkpoint_round_trips(tmp_path):
     res = train(_cfg(tmp_path / "run", steps=40, batch_size=16, lr=2e-3, warmup=5, save_every=20, log_every=1),
                 progress=False)
@@ -56,6 +66,13 @@ def test_loss_falls_and_checkpoint_round_trips(tmp_path):
         raw = dk.load(tmp_path / "run", device="cpu", ema=False)
         assert not torch.equal(raw.model(x, t), p.model(x, t))  # EMA and raw weights are both kept
     assert p.prediction_type == "epsilon" and p.image_shape == (1, 28, 28)
+    # trained models re-derive ε̂ from the clipped x̂0 by default; the flag changes samples when x̂0 is clipped
+    assert p.sampling["use_clipped_model_output"] is True and p.sampling["clip_sample"] == 1.0
+    g = lambda: torch.Generator().manual_seed(0)
+    default = p.sample(4, sampler="ddim", steps=5, generator=g())
+    assert torch.equal(default, p.sample(4, sampler="ddim", steps=5, generator=g(), use_clipped_model_output=True))
+    assert not torch.equal(default, p.sample(4, sampler="ddim", steps=5, generator=g(),
+                                             use_clipped_model_output=False))
     assert p.config["train"]["steps"] == 40 and p.config["data"]["num_images"] == 5000
 
 

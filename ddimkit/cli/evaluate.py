@@ -42,7 +42,8 @@ def register(sub):
     p.add_argument("--solvers", default="", help="extra rows of deterministic solvers, e.g. dpmpp-2m")
     p.add_argument("--num", type=positive_int, default=1000, help="samples per cell (default: %(default)s)")
     p.add_argument("--ref-num", type=positive_int, default=None, help="reference images (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="sampling batch (default: all on the CPU, as many as fit on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fid", action="store_true", help="skip the FID table (e.g. with --reconstruction)")
     p.add_argument("--reconstruction", action="store_true", help="also write Table 2 (inversion error)")

@@ -82,7 +82,8 @@ def register(sub):
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂0 while sampling (default: the model's setting)")
     p.add_argument("--clip-range", type=positive_float, default=None, help="r for clipping to [-r, r] (default: 1)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per batch (default: all on the CPU, as many as fit on a GPU)")
     p.set_defaults(func=cmd_explore)
 
 

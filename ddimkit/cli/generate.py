@@ -28,7 +28,8 @@ def register(sub):
                    help="with clipping, re-derive ε̂ from the clipped x̂0 (default: the model's setting; on for "
                         "models trained by ddimkit, off for diffusers checkpoints)")
     p.add_argument("--num", type=positive_int, default=64, help="number of images (default: 64)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="images per batch (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per batch (default: all on the CPU, as many as fit on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator (default: 0)")
     p.add_argument("--per-sample-seeds", action="store_true",
                    help="image i uses seed+i, so images do not depend on the batch size")
