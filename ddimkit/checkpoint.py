@@ -122,7 +122,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tenso
                     ema: dict[str, torch.Tensor] | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
                     keep: int = 2) -> Path:
-    """Write ``checkpoints/step-XXXXXXXX`` atomically, point ``latest`` at it, and prune old ones.
+    """Write ``checkpoints/step-<8-digit step>`` atomically, point ``latest`` at it, and prune old ones.
 
     Returns the checkpoint folder.
     """

@@ -151,12 +151,6 @@ def _real_images(pipe, data: str | None, num: int, what: str, fallback: str | No
     return to_model_range(x), list(indices)
 
 
-def _decode(pipe, z: torch.Tensor, steps: int, batch_size=None, progress=False) -> torch.Tensor:
-    """Deterministic, unclipped DDIM from z: what :meth:`Pipeline.reconstruct` does, with a progress bar."""
-    return pipe.sample(x_T=z, sampler="ddim", steps=steps, eta=0.0, clip_sample=None, batch_size=batch_size,
-                       progress=progress)
-
-
 class _Recorder:
     """A sampler callback that keeps x_t and x̂0 of the first sample at the chosen step indices."""
 
@@ -178,13 +172,9 @@ def _spread(n: int, k: int) -> list[int]:
 
 # -- schedule ---------------------------------------------------------------------------------------------
 
-def _log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    return alphas_cumprod.log() - torch.log1p(-alphas_cumprod)
-
-
 def _schedule_row(s: NoiseSchedule) -> dict:
     ab = s.alphas_cumprod
-    lam = _log_snr(ab)
+    lam = s.snr.log()
     # Signal and noise weigh the same where ᾱ_t = 1/2 (SNR = 1).
     half = int((ab <= 0.5).nonzero()[0]) if bool((ab <= 0.5).any()) else None
     return {"sqrt_alpha_bar_first": float(ab[0].sqrt()), "sqrt_alpha_bar_last": float(ab[-1].sqrt()),
@@ -200,7 +190,7 @@ def _plot_schedules(schedules: dict, path: Path) -> Path:
         t, ab, color = torch.arange(s.num_train_timesteps).numpy(), s.alphas_cumprod, f"C{k}"
         left.plot(t, ab.sqrt().numpy(), color=color, label=name)
         left.plot(t, (1 - ab).sqrt().numpy(), color=color, ls="--")
-        right.plot(t, _log_snr(ab).numpy(), color=color, label=name)
+        right.plot(t, s.snr.log().numpy(), color=color, label=name)
     left.set_title(r"signal $\sqrt{\bar\alpha_t}$ (solid) and noise $\sqrt{1-\bar\alpha_t}$ (dashed)")
     right.set_title(r"log-SNR $= \log(\bar\alpha_t / (1-\bar\alpha_t))$")
     for ax in (left, right):
@@ -470,7 +460,7 @@ def determinism(pipe, out, seed: int = 77, generator_seeds: Sequence[int] = (8, 
 def _round_trip(pipe, x0, steps, refine, batch_size, progress) -> tuple[dict, torch.Tensor, torch.Tensor]:
     t0 = time.perf_counter()
     z = pipe.invert(x0, steps=steps, refine=refine, batch_size=batch_size, progress=progress)
-    rec = _decode(pipe, z, steps, batch_size, progress)
+    rec = pipe.reconstruct(z, steps, batch_size=batch_size, progress=progress)
     row = {"steps": steps, "refine": refine, "mse": float(reconstruction_mse(x0, rec).mean()),
            "psnr": float(psnr(x0, rec).mean()), "noise_std": float(z.std()), "seconds": time.perf_counter() - t0}
     return row, z, rec
@@ -522,7 +512,7 @@ def _interpolate_pair(pipe, z0, z1, alphas, steps, batch_size, progress) -> dict
     """slerp and lerp between two noises, decoded with unclipped DDIM η = 0 (as the DDIM note does)."""
     d = z0.numel()
     starts = {"slerp": slerp(z0, z1, list(alphas))[:, 0], "lerp": lerp(z0, z1, list(alphas))[:, 0]}
-    images = {k: _decode(pipe, z, steps, batch_size, progress) for k, z in starts.items()}
+    images = {k: pipe.reconstruct(z, steps, batch_size=batch_size, progress=progress) for k, z in starts.items()}
     # |z|/√D: ≈ 1 for Gaussian noise; lerp of two near-orthogonal noises dips to ≈ 0.71 at α = 0.5.
     rows = [{"alpha": float(a), **{f"norm_{k}": float(starts[k][j].norm() / math.sqrt(d)) for k in starts},
              **{f"image_std_{k}": float(images[k][j].std()) for k in starts}} for j, a in enumerate(alphas)]

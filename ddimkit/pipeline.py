@@ -232,10 +232,10 @@ class Pipeline:
         return torch.cat(out)
 
     def reconstruct(self, x_T: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
-                    batch_size: int | None = None) -> torch.Tensor:
+                    batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
         """Decode noise with deterministic, unclipped DDIM on the same grid as :meth:`invert`."""
         return self.sample(x_T=x_T, sampler="ddim", steps=steps, eta=0.0, spacing=spacing or self.sampling["spacing"],
-                           clip_sample=None, batch_size=batch_size)
+                           clip_sample=None, batch_size=batch_size, progress=progress)
 
     def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float], steps: int = 50,
                     spacing: str | None = None, batch_size: int | None = None) -> torch.Tensor:

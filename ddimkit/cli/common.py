@@ -43,24 +43,25 @@ def eta_value(text: str) -> float | str:
     return _parsed(text, float, lambda v: v >= 0, "eta as a number >= 0 or 'large'")
 
 
-def _split(text: str) -> list[str]:
+def str_list(text: str) -> list[str]:
+    """Comma-separated names, blanks dropped."""
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def float_list(text: str) -> list[float]:
-    return [_parsed(v, float, lambda v: True, "comma-separated numbers") for v in _split(text)]
+    return [_parsed(v, float, lambda v: True, "comma-separated numbers") for v in str_list(text)]
 
 
 def int_list(text: str) -> list[int]:
     """Comma-separated integers >= 0, at least one."""
-    values = [non_negative_int(v) for v in _split(text)]
+    values = [non_negative_int(v) for v in str_list(text)]
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
     return values
 
 
 def eta_list(text: str) -> list:
-    return [eta_value(v) for v in _split(text)]
+    return [eta_value(v) for v in str_list(text)]
 
 
 def writable_file(path: str | Path, suffixes: tuple[str, ...] | None = None) -> Path:

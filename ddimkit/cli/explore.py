@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .common import (UsageError, add_ckpt_args, float_list, int_list, load_pipeline, non_negative_int,
-                     positive_float, positive_int, writable_dir)
+                     positive_float, positive_int, str_list, writable_dir)
 
 EPILOG = """experiments:
   schedule        √ᾱ_t, √(1-ᾱ_t) and log-SNR against t for the four beta schedules (no --ckpt)
@@ -47,10 +47,6 @@ WITHOUT_MODEL = {"schedule", "noising"}
 _ALL_OPTIONS = sorted({opt for opts in OPTIONS.values() for opt in opts} | {"clip_range"})
 
 
-def _name_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def register(sub):
     p = sub.add_parser("explore", help="run one of the notes' experiments (figure + NAME.json + NAME.md)",
                        description="Run one of the experiments of the DDPM/DDIM notes and write NAME.png (or\n"
@@ -77,7 +73,7 @@ def register(sub):
     p.add_argument("--ddpm-steps", type=positive_int, default=None, help="trajectory: DDPM steps (default: T)")
     p.add_argument("--points", type=positive_int, default=None, help="trajectory: steps shown (default: 10)")
     p.add_argument("--timesteps", type=positive_int, default=None, help="schedule: T (default: 1000)")
-    p.add_argument("--schedules", type=_name_list, default=None,
+    p.add_argument("--schedules", type=str_list, default=None,
                    help="schedule: which (default: linear,scaled_linear,cosine,sigmoid)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂0 while sampling (default: the model's setting)")
