@@ -25,7 +25,7 @@ from . import metrics
 from .checkpoint import atomic_write, write_json
 from .data import cache_dir, load_images, to_model_range, to_uint8
 
-__all__ = ["ImageSet", "read_image_set", "image_set_stats", "center_crop", "fid_table", "reconstruction_table",
+__all__ = ["ImageSet", "read_image_set", "image_set_stats", "center_crop", "fid_table", "reconstruction_table", "round_trip",
            "format_table"]
 
 
@@ -210,6 +210,22 @@ def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], 
 RECON_COLUMNS = ("steps", "refine", "row", "num", "mse", "psnr", "seconds")
 
 
+def round_trip(pipe, x0: torch.Tensor, steps: int, refine: int = 0, batch_size: int | None = None,
+               progress: bool = False) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Invert images ``x0`` (in [-1, 1]) and decode them again on the same grid.
+
+    Returns the row ``{steps, refine, mse, psnr, noise_std, seconds}`` (MSE per dimension on the [0, 1]
+    scale and PSNR, averaged over the images), the noises and the reconstructions.
+    """
+    t0 = time.perf_counter()
+    z = pipe.invert(x0, steps=steps, refine=refine, batch_size=batch_size, progress=progress)
+    rec = pipe.reconstruct(z, steps, batch_size=batch_size, progress=progress)
+    row = {"steps": steps, "refine": refine, "mse": metrics.mean_reconstruction_mse(x0, rec),
+           "psnr": float(metrics.psnr(x0, rec).mean()), "noise_std": float(z.std()),
+           "seconds": time.perf_counter() - t0}
+    return row, z, rec
+
+
 def reconstruction_table(pipe, images: ImageSet, out: str | Path, steps: Sequence[int], refines: Sequence[int] = (0,),
                          batch_size: int | None = None, progress: bool = True) -> list[dict]:
     """DDIM Table 2 on a model: per-dimension MSE ([0, 1] scale) of invert → reconstruct, per step count.
@@ -234,12 +250,8 @@ def reconstruction_table(pipe, images: ImageSet, out: str | Path, steps: Sequenc
         for n_steps in steps:
             if (n_steps, refine, len(x0)) in done:
                 continue
-            t0 = time.perf_counter()
-            z = pipe.invert(x0, steps=n_steps, refine=refine, batch_size=batch_size)
-            rec = pipe.reconstruct(z, steps=n_steps, batch_size=batch_size)
-            seconds = time.perf_counter() - t0
-            mse = float(metrics.mean_reconstruction_mse(x0, rec))
-            db = float(metrics.psnr(x0, rec).mean())
+            result = round_trip(pipe, x0, n_steps, refine, batch_size)[0]
+            mse, db, seconds = result["mse"], result["psnr"], result["seconds"]
             label = "DDIM inversion" if refine == 0 else f"DDIM inversion, {refine} fixed-point iterations"
             rows.append(dict(steps=n_steps, refine=refine, row=label, num=len(x0), mse=f"{mse:.6g}",
                              psnr=f"{db:.3f}", seconds=f"{seconds:.2f}"))

@@ -29,8 +29,9 @@ import torch
 from .checkpoint import atomic_write, write_json
 from .data import convert_channels, fit_images, load_images, to_model_range
 from .diffusion import add_noise
+from .evaluate import round_trip
 from .interpolate import lerp, slerp
-from .metrics import psnr, reconstruction_mse
+from .metrics import reconstruction_mse
 from .noise import randn
 from .schedule import NoiseSchedule
 from .toy import corrupt
@@ -457,15 +458,6 @@ def determinism(pipe, out, seed: int = 77, generator_seeds: Sequence[int] = (8, 
 
 # -- reconstruction ---------------------------------------------------------------------------------------
 
-def _round_trip(pipe, x0, steps, refine, batch_size, progress) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    t0 = time.perf_counter()
-    z = pipe.invert(x0, steps=steps, refine=refine, batch_size=batch_size, progress=progress)
-    rec = pipe.reconstruct(z, steps, batch_size=batch_size, progress=progress)
-    row = {"steps": steps, "refine": refine, "mse": float(reconstruction_mse(x0, rec).mean()),
-           "psnr": float(psnr(x0, rec).mean()), "noise_std": float(z.std()), "seconds": time.perf_counter() - t0}
-    return row, z, rec
-
-
 def reconstruction(pipe, out, data: str | None = None, num: int = 8, steps: Sequence[int] = (10, 20, 50, 100),
                    refine: int = 3, batch_size: int | None = None, progress: bool = False) -> dict:
     """DDIM inversion of ``num`` real images and their reconstruction, per step count (DDIM paper Table 2).
@@ -481,7 +473,7 @@ def reconstruction(pipe, out, data: str | None = None, num: int = 8, steps: Sequ
     rows, figure_rows, labels = [], [x0], ["original"]
     for r in sorted({0, refine}):
         for n in steps:
-            row, z, rec = _round_trip(pipe, x0, n, r, batch_size, progress)
+            row, z, rec = round_trip(pipe, x0, n, r, batch_size, progress)
             rows.append(row)
             figure_rows.append(rec)
             labels.append(f"S={n}" + (f", r={r}" if r else ""))
