@@ -25,7 +25,9 @@ import ddimkit as dk
 from ddimkit.data import to_uint8
 from ddimkit.models import create_model, diffusers_config_from_unet
 
-# bf16 dense peak used for the "fraction of peak" column, by GPU name (TFLOP/s).
+# bf16 peak used for the "fraction of peak" column, by GPU name (TFLOP/s). For H100/H200 this is the ceiling
+# the project's GPU notes give for this sampling task (about 1,270 img/s x 50 steps x 12.4 GFLOP), which is
+# below the datasheet's dense bf16 figure for the SXM parts; the column is a fraction of that ceiling.
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0}
 
 
