@@ -1,21 +1,37 @@
-"""Sampling and training speed of ddimkit against diffusers, measured side by side in one run.
+"""Sampling and training speed of ddimkit against diffusers, cold (a new process) and warm (steady state).
 
     python benchmarks/speed.py                      # on a GPU: the ddpm-cifar10 preset, batch 256 / 128
-    python benchmarks/speed.py --quick              # a small CPU-sized run that checks everything works
+    python benchmarks/speed.py --quick              # a small CPU-sized run that checks everything (~1 minute)
+    python benchmarks/speed.py --parts cold --cold-n 256,4096 --part-timeout 150
 
-Both libraries run the same random weights (the preset's UNet, loaded into diffusers' UNet2DModel).
-Reported: sampling images/s at DDIM-50 (ddimkit fast path, ddimkit fp32, diffusers DDIMPipeline fp32 and
-with an fp16 UNet), training images/s (ddimkit vs diffusers' UNet2DModel in fp32 and bf16 autocast, AdamW,
-ε-prediction), TFLOP/s achieved against the GPU's bf16 peak, and how far the fast path's images are from
-fp32 images of the same seeds. Ratios are the numbers to read: absolute times move with the machine.
-Writes JSON and a markdown table.
+Parts (``--parts``, each under its own ``--part-timeout``; results are written to the JSON after every row,
+so a timeout loses only the rest of that part):
+
+- ``warm``: steady state after a warm-up call, as a long job sees it: DDIM-50 images/s for ddimkit's
+  compiled path in bf16 and fp16 (with and without CUDA graphs), eager bf16/fp16/fp32, and diffusers'
+  ``DDIMPipeline`` in fp32 and with an fp16 UNet (when diffusers is installed).
+- ``warm-train``: training images/s in steady state, ddimkit compiled and eager, diffusers fp32 and bf16.
+- ``cold``: ``ddimkit sample`` in a new process, wall clock to N images (start-up, compile and writing
+  included), for N in ``--cold-n``, with the default (``--compile auto``), ``--compile`` and
+  ``--no-compile``, with TorchInductor's on-disk cache empty (a fresh folder) and filled (by the run before).
+- ``train``: ``ddimkit train`` in a new process for ``--train-steps`` steps (default 200), wall clock
+  (compile included), default against ``--compile`` and ``--no-compile``.
+
+Both libraries run the same random weights (the preset's UNet, loaded into diffusers' UNet2DModel). Ratios
+are the numbers to read: absolute times move with the machine. Writes JSON and a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,6 +109,13 @@ def training_step(model, batch, device, autocast_dtype=None, fused=False, compil
     return step
 
 
+PARTS = ("warm", "warm-train", "cold", "train")
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="ddpm-cifar10")
@@ -101,18 +124,37 @@ def main():
     ap.add_argument("--train-batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=3, help="timed repetitions")
     ap.add_argument("--train-iters", type=int, default=20)
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: warm, warm-train, cold, train")
+    ap.add_argument("--cold-n", type=int_list, default=[256, 4096, 50000], help="images per cold run")
+    ap.add_argument("--cold-modes", default="default,compile,no-compile")
+    ap.add_argument("--train-steps", type=int, default=200, help="steps of the cold training runs")
+    ap.add_argument("--train-modes", default="default,compile,no-compile")
+    ap.add_argument("--part-timeout", type=float, default=600, help="seconds per part")
+    ap.add_argument("--work", default=None, help="folder for the checkpoint and caches (default: a temp folder)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for a CPU check of the script")
     ap.add_argument("--skip-diffusers", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/speed")
     args = ap.parse_args()
     if args.quick:
         args.preset, args.batch, args.steps, args.train_batch, args.iters, args.train_iters = "tiny", 8, 5, 8, 1, 3
+        # a forced CPU compile costs over a minute: --quick checks the cold machinery with the eager modes
+        args.train_steps = 3
+        if args.cold_n == ap.get_default("cold_n"):
+            args.cold_n = [8]
+        if args.cold_modes == ap.get_default("cold_modes"):
+            args.cold_modes = "default,no-compile"
+        if args.train_modes == ap.get_default("train_modes"):
+            args.train_modes = "default,no-compile"
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (diffusers' figures were taken so)
         torch.backends.cudnn.allow_tf32 = False
-
+    have_diffusers = not args.skip_diffusers and importlib.util.find_spec("diffusers") is not None
     torch.manual_seed(0)
     ours = create_model(args.preset).to(device).eval()
     c, s = ours.config["in_channels"], ours.config["sample_size"]
@@ -122,79 +164,225 @@ def main():
     res = {"device": name, "torch": torch.__version__, "preset": args.preset,
            "params": sum(p.numel() for p in ours.parameters()), "gflop_per_forward": flops / 1e9,
            "sampling_batch": args.batch, "steps": args.steps, "train_batch": args.train_batch,
-           "sampling": {}, "training": {}}
-    sched = dk.NoiseSchedule.linear()
+           "diffusers": have_diffusers, "sampling": {}, "training": {}, "cold_sampling": {}, "cold_training": {},
+           "skipped": []}
+    if peak:
+        res["peak_bf16_tflops"] = peak
+        res["sampling_ceiling_images_per_second"] = peak * 1e12 / (args.steps * flops)
+    out = Path(args.out)
+    work = Path(args.work or tempfile.mkdtemp(prefix="ddimkit-speed-"))
+    for part in parts:
+        deadline = time.perf_counter() + args.part_timeout
+        try:
+            if part == "warm":
+                warm_part(args, res, out, ours, flops, device, have_diffusers, deadline)
+            elif part == "warm-train":
+                warm_train_part(args, res, out, device, have_diffusers, flops, deadline)
+            elif part == "cold":
+                cold_part(args, res, out, work, deadline)
+            else:
+                train_part(args, res, out, work, deadline)
+        except PartTimeout as e:
+            res["skipped"].append(f"{part}: time limit reached before {e}")
+            print(f"{part}: time limit reached before {e}", flush=True)
+        write(res, out)
 
-    # -- sampling ------------------------------------------------------------------------------------
-    fp32 = dk.Pipeline(ours, sched, "epsilon", precision="fp32")
-    fast = dk.Pipeline(ours, sched, "epsilon", precision="bf16" if cuda else "fp32", compile=cuda)
-    runs = {"ddimkit fast path": ddimkit_sampling(fast, args.batch, args.steps),
-            "ddimkit fp32": ddimkit_sampling(fp32, args.batch, args.steps)}
-    unet = None
-    if not args.skip_diffusers:
+
+class PartTimeout(Exception):
+    """The part's time limit passed; the message names the first row not measured."""
+
+
+def _check(deadline: float, row: str):
+    if time.perf_counter() > deadline:
+        raise PartTimeout(row)
+
+
+def warm_part(args, res, out, ours, flops, device, have_diffusers, deadline):
+    cuda = device.type == "cuda"
+    sched = dk.NoiseSchedule.linear()
+    # Most telling rows first: a part that runs out of time loses the least important ones.
+    plan = ([("bf16", True, True), ("bf16", True, False), ("bf16", False, False), ("fp16", False, False),
+             ("fp16", True, True), ("fp32", False, False)] if cuda else [("fp32", False, False)])
+    runs = {}
+    for precision, compiled, graphs in plan:
+        label = f"ddimkit {'compiled' if compiled else 'eager'} {precision}" + (" + CUDA graphs" if graphs else "")
+        runs[label] = (dk.Pipeline(ours, sched, "epsilon", precision=precision, compile=compiled), graphs)
+    for label, (pipe, graphs) in runs.items():
+        _check(deadline, label)
+        os.environ["DDIMKIT_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the pipeline compiles
+        iters = 1 if "fp32" in label and cuda else args.iters  # fp32 is 10x slower: one call says enough
+        sec = timed(ddimkit_sampling(pipe, args.batch, args.steps), device, warmup=1, iters=iters)
+        _sampling_row(res, label, args, sec, flops)
+        write(res, out)
+    os.environ.pop("DDIMKIT_CUDA_GRAPHS", None)
+    fast = next(iter(runs))
+    a = to_uint8(ddimkit_sampling(runs[fast][0], args.batch, args.steps)()).int()
+    b = to_uint8(ddimkit_sampling(runs["ddimkit eager fp32"][0], args.batch, args.steps)()).int()
+    res["fast_path_pixel_diff"] = {"path": fast, "max": int((a - b).abs().max()),
+                                   "mean": float((a - b).abs().float().mean())}
+    unet = cfg = None
+    if have_diffusers:
+        import copy
+
         import diffusers
 
         cfg = {k: v for k, v in diffusers_config_from_unet(ours).items() if not k.startswith("_")}
         unet = diffusers.UNet2DModel(**cfg).to(device).eval()
         unet.load_state_dict(ours.state_dict())
-        runs["diffusers DDIMPipeline fp32"] = diffusers_sampling(unet, args.batch, args.steps, device)
-        if cuda:
-            import copy
+        d_runs = {"diffusers DDIMPipeline fp16 UNet": copy.deepcopy(unet).half()} if cuda else {}
+        d_runs["diffusers DDIMPipeline fp32"] = unet
+        for label, m in d_runs.items():
+            _check(deadline, label)
+            sec = timed(diffusers_sampling(m, args.batch, args.steps, device), device, warmup=1,
+                        iters=1 if "fp32" in label and cuda else args.iters)
+            _sampling_row(res, label, args, sec, flops)
+            write(res, out)
 
-            runs["diffusers DDIMPipeline fp16 UNet"] = diffusers_sampling(copy.deepcopy(unet).half(), args.batch,
-                                                                          args.steps, device)
-    for label, fn in runs.items():
-        sec = timed(fn, device, warmup=1, iters=args.iters)
-        ips = args.batch / sec
-        res["sampling"][label] = {"images_per_second": ips,
-                                  "tflops": ips * args.steps * flops / 1e12}
-        print(f"sampling  {label:34s} {ips:10.1f} img/s", flush=True)
 
-    # fast path faithfulness: the same seeds through both paths
-    a, b = to_uint8(runs["ddimkit fast path"]()).int(), to_uint8(runs["ddimkit fp32"]()).int()
-    res["fast_path_pixel_diff"] = {"max": int((a - b).abs().max()), "mean": float((a - b).abs().float().mean())}
-
-    # -- training ------------------------------------------------------------------------------------
+def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):
+    """Training images/s in steady state (after 3 warm-up steps, the compile included there)."""
+    cuda = device.type == "cuda"
     bf16 = torch.bfloat16 if cuda else None
     train_runs = {"ddimkit (bf16, fused AdamW, compile)" if cuda else "ddimkit (fp32)":
-                  training_step(create_model(args.preset).to(device), args.train_batch, device, bf16, cuda, cuda)}
-    if unet is not None:
-        variants = [("diffusers UNet2DModel fp32", None)] + ([("diffusers UNet2DModel bf16 autocast", bf16)] if cuda
-                                                             else [])
-        for label, dtype in variants:
-            d_unet = diffusers.UNet2DModel(**cfg).to(device).train()
-            train_runs[label] = training_step(d_unet, args.train_batch, device, dtype)
-    for label, fn in train_runs.items():
-        sec = timed(fn, device, warmup=3, iters=args.train_iters)
+                  lambda: training_step(create_model(args.preset).to(device), args.train_batch, device, bf16, cuda,
+                                        cuda)}
+    if cuda:
+        train_runs["ddimkit (bf16, fused AdamW, eager)"] = lambda: training_step(
+            create_model(args.preset).to(device), args.train_batch, device, bf16, True, False)
+    if have_diffusers:
+        import diffusers
+
+        cfg = {k: v for k, v in diffusers_config_from_unet(create_model(args.preset)).items()
+               if not k.startswith("_")}
+        for label, dtype in [("diffusers UNet2DModel fp32", None)] + (
+                [("diffusers UNet2DModel bf16 autocast", bf16)] if cuda else []):
+            train_runs[label] = lambda dtype=dtype: training_step(diffusers.UNet2DModel(**cfg).to(device).train(),
+                                                                  args.train_batch, device, dtype)
+    for label, make in train_runs.items():
+        _check(deadline, label)
+        sec = timed(make(), device, warmup=3, iters=args.train_iters)
         ips = args.train_batch / sec
         res["training"][label] = {"images_per_second": ips, "tflops": ips * 3 * flops / 1e12}
-        print(f"training  {label:34s} {ips:10.1f} img/s", flush=True)
+        print(f"training  {label:40s} {ips:10.1f} img/s", flush=True)
+        write(res, out)
 
-    if peak:
-        res["peak_bf16_tflops"] = peak
-        res["sampling_ceiling_images_per_second"] = peak * 1e12 / (args.steps * flops)
-    write(res, Path(args.out))
+
+def _sampling_row(res, label, args, sec, flops):
+    ips = args.batch / sec
+    res["sampling"][label] = {"images_per_second": ips, "tflops": ips * args.steps * flops / 1e12}
+    print(f"sampling  {label:40s} {ips:10.1f} img/s", flush=True)
+
+
+def make_checkpoint(preset: str, work: Path) -> Path:
+    """A run folder with the preset's random weights (one eager training step on the bundled digits)."""
+    run = work / f"ckpt-{preset}"
+    if (run / "latest").is_file():
+        return run
+    m = create_model(preset)
+    dk.train(dk.TrainConfig(data="mnist-5k", model=preset, out=str(run), steps=1, batch_size=8,
+                            channels=m.config["in_channels"], image_size=m.config["sample_size"], compile=False,
+                            save_every=0, sample_every=0, num_sample_images=0), progress=False)
+    return run
+
+
+def _run_cli(argv: list[str], cache: Path, timeout: float) -> dict:
+    """Wall clock of one ``ddimkit`` command in a new process, with its own TorchInductor cache folder."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "TORCH_LOGS": "recompiles"}
+    env.pop("DDIMKIT_CUDA_GRAPHS", None)
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, "-m", "ddimkit", *argv], env=env, capture_output=True, text=True,
+                           timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        return {"timeout_s": round(timeout, 1)}
+    wall = time.perf_counter() - t0
+    row = {"wall_s": round(wall, 2), "returncode": p.returncode,
+           "recompiles": p.stderr.count("Recompiling function")}
+    if p.returncode:
+        row["error"] = p.stderr.strip().splitlines()[-1][:300] if p.stderr.strip() else ""
+    return row
+
+
+_MODE_FLAGS = {"default": [], "compile": ["--compile"], "no-compile": ["--no-compile"]}
+
+
+def cold_part(args, res, out, work, deadline):
+    """``ddimkit sample`` in new processes: each N with an empty cache, then again with the cache filled."""
+    ckpt = make_checkpoint(args.preset, work)
+    modes = [m for m in args.cold_modes.split(",") if m]
+    for n in args.cold_n:
+        filled = work / f"cache-filled-{n}"
+        shutil.rmtree(filled, ignore_errors=True)
+        # --compile with an empty cache fills `filled`; the rows after it read that cache.
+        plan = [(m, "empty") for m in modes if m != "default"] + [("default", "empty")] * ("default" in modes)
+        plan += [(m, "filled") for m in modes if m != "no-compile"]
+        for mode, cache_state in plan:
+            row_name = f"N={n} {mode} cache {cache_state}"
+            _check(deadline, row_name)
+            cache = filled if (mode == "compile" and cache_state == "empty") or cache_state == "filled" else \
+                Path(tempfile.mkdtemp(prefix="empty-", dir=work))
+            argv = ["sample", "--ckpt", str(ckpt), "--num", str(n), "--steps", str(args.steps), "--sampler", "ddim",
+                    "--out", str(work / f"cold-{n}.npz"), *_MODE_FLAGS[mode]]
+            row = _run_cli(argv, cache, deadline - time.perf_counter())
+            if "wall_s" in row:
+                row["images_per_second"] = round(n / row["wall_s"], 1)
+            res["cold_sampling"][row_name] = row
+            print(f"cold      {row_name:40s} {row}", flush=True)
+            write(res, out)
+
+
+def train_part(args, res, out, work, deadline):
+    """``ddimkit train`` for the first ``--train-steps`` steps in new processes: compile included."""
+    m = create_model(args.preset)
+    for mode in [m for m in args.train_modes.split(",") if m]:
+        row_name = f"{args.train_steps} steps {mode}"
+        _check(deadline, row_name)
+        run = work / f"train-{mode}"
+        shutil.rmtree(run, ignore_errors=True)
+        argv = ["train", "--model", args.preset, "--data", "mnist-5k", "--out", str(run), "--steps",
+                str(args.train_steps), "--batch-size", str(args.train_batch), "--image-size",
+                str(m.config["sample_size"]), "--channels", str(m.config["in_channels"]), "--save-every", "0",
+                "--sample-every", "0", "--num-sample-images", "0", *_MODE_FLAGS[mode]]
+        row = _run_cli(argv, Path(tempfile.mkdtemp(prefix="train-cache-", dir=work)), deadline - time.perf_counter())
+        if "wall_s" in row:
+            row["images_per_second"] = round(args.train_steps * args.train_batch / row["wall_s"], 1)
+        res["cold_training"][row_name] = row
+        print(f"cold      {row_name:40s} {row}", flush=True)
+        write(res, out)
 
 
 def write(res: dict, out: Path):
+    """Write the JSON and a markdown table of what has been measured so far."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     peak = res.get("peak_bf16_tflops")
     lines = [f"Device: {res['device']}, torch {res['torch']}; {res['preset']} ({res['params']:,} parameters, "
              f"{res['gflop_per_forward']:.2f} GFLOP per forward)", "",
-             f"| task | implementation | images/s | TFLOP/s | " + ("% of bf16 peak |" if peak else ""),
+             "Warm (steady state after a warm-up call):", "",
+             "| task | implementation | images/s | TFLOP/s | " + ("% of bf16 peak |" if peak else ""),
              "|---|---|---|---|" + ("---|" if peak else "")]
     for task, key, extra in (("sampling", "sampling", f"DDIM-{res['steps']}, batch {res['sampling_batch']}"),
                              ("training", "training", f"batch {res['train_batch']}")):
         for label, v in res[key].items():
             pct = f" {100 * v['tflops'] / peak:.1f} |" if peak else ""
             lines.append(f"| {task} ({extra}) | {label} | {v['images_per_second']:.1f} | {v['tflops']:.2f} |{pct}")
-    d = res["fast_path_pixel_diff"]
-    lines += ["", f"Fast path vs fp32, same seeds: max pixel difference {d['max']} / 255, mean {d['mean']:.3f}."]
+    for key, title in (("cold_sampling", f"Cold `ddimkit sample` (new process, DDIM-{res['steps']})"),
+                       ("cold_training", "Cold `ddimkit train` (new process, compile included)")):
+        if res[key]:
+            lines += ["", f"{title}:", "", "| run | wall s | images/s | recompiles |", "|---|---|---|---|"]
+            for label, v in res[key].items():
+                wall = v.get("wall_s", f"timeout {v.get('timeout_s')}")
+                note = f" (exit {v['returncode']}: {v.get('error', '')})" if v.get("returncode") else ""
+                lines.append(f"| {label}{note} | {wall} | {v.get('images_per_second', '')} | "
+                             f"{v.get('recompiles', '')} |")
+    d = res.get("fast_path_pixel_diff")
+    if d:
+        lines += ["", f"{d['path']} vs eager fp32, same seeds: max pixel difference {d['max']} / 255, "
+                      f"mean {d['mean']:.3f}."]
     if peak:
         lines.append(f"FLOP ceiling for this sampling task: {res['sampling_ceiling_images_per_second']:.0f} images/s.")
+    lines += [f"Not measured: {s}" for s in res.get("skipped", [])]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule, timesteps
 from .models import PRESETS, create_model
 from .pipeline import Pipeline, load
+from . import distributed
 from .train import TrainConfig, TrainResult, train
 from .data import load_images
 from .toy import corrupt

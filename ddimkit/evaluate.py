@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import distributed as D
 from . import metrics
 from .checkpoint import atomic_write, write_json
 from .data import cache_dir, load_images, to_model_range, to_uint8
@@ -89,11 +90,13 @@ def image_set_stats(s: ImageSet, model=None, batch_size: int = 50, device=None, 
     if s.stats is not None:
         return s.stats
     path = cache_dir() / "fid-stats" / f"{_cache_key(s.name, len(s.images), s.images.shape[1:])}.npz"
-    if use_cache and path.is_file():
-        return metrics.load_stats(path)
-    feats = metrics.inception_features(s.images, model, batch_size=batch_size, device=device, progress=progress)
-    stats = metrics.feature_stats(feats)
-    if use_cache:
+    # Under a launcher rank 0's cache decides and is the one written: ranks may not share a disk.
+    if use_cache and D.on_main(path.is_file):
+        return D.on_main(metrics.load_stats, path)
+    from .sharded_metrics import sharded_stats  # every process takes its share of the images
+
+    stats = sharded_stats(s.images, model, batch_size=batch_size, device=device, progress=progress)
+    if use_cache and D.is_main():
         metrics.save_stats(path, stats.mu, stats.sigma, stats.n)
     return stats
 
@@ -153,18 +156,23 @@ def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], 
     """DDIM Table 1 on a model: FID of ``num`` samples per (η, steps) cell against ``reference``.
 
     Rows are DDIM with each η (``"large"`` is the σ̂ row) and any extra deterministic ``solvers`` (e.g.
-    ``dpmpp-2m``); columns are step counts. Every cell starts from the same seeded noise. Samples of a model
+    ``dpmpp-2m``); columns are step counts. Every cell starts from the same seeded noise (under ``torchrun`` or
+    ``accelerate launch``: image i from seed ``seed + i``, sampled and measured in shares across processes, rank 0
+    writing). Samples of a model
     that pads smaller images are centre-cropped to the reference's size. Finished cells are read back from
     ``out/fid.csv`` and not recomputed. Writes ``fid.csv``, ``fid.md`` and ``fid.json``. ``use_cache`` reads and
     writes the reference statistics in ddimkit's cache (keyed by the pinned Inception weights, so pass False
     with any other feature network).
     """
+    from .sharded_metrics import stats_of_shares
+    from .sharded_sampling import sample_for_evaluation
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref_stats = image_set_stats(reference, inception, device=device, use_cache=use_cache, progress=progress)
     size = reference.images.shape[-1] if reference.images is not None else None
     csv_path = out / "fid.csv"
-    rows = _read_rows(csv_path)
+    rows = D.on_main(_read_rows, csv_path)  # rank 0's file decides which cells are done
     done = {(r["sampler"], r["eta"], int(r["steps"]), int(r["num"])) for r in rows}
     cells = [("ddim", str(e), s) for e in etas for s in steps] + [(sv, "0", s) for sv in solvers for s in steps]
     T = pipe.schedule.num_train_timesteps
@@ -173,10 +181,9 @@ def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], 
             raise ValueError(f"{n_steps} steps exceed the model's {T} training timesteps")
         if (sampler, eta, n_steps, num) in done:
             continue
-        t0 = time.perf_counter()
-        x = pipe.sample(num, sampler=sampler, steps=n_steps, eta=eta if eta == "large" else float(eta),
-                        generator=torch.Generator().manual_seed(seed), batch_size=batch_size)
-        seconds = time.perf_counter() - t0
+        # Under a launcher each process samples (and measures) its share: ddimkit.sharded_sampling.
+        x, seconds = sample_for_evaluation(pipe, num, seed, batch_size, sampler=sampler, steps=n_steps,
+                                           eta=eta if eta == "large" else float(eta))
         if size is not None and x.shape[-1] != size:
             x = center_crop(x, size)
         u8 = to_uint8(x)
@@ -185,16 +192,19 @@ def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], 
         if keep_samples:
             from .viz import save_npz
 
-            save_npz(x, out / "samples" / f"{sampler}-eta{eta}-steps{n_steps}.npz")
+            everything = D.gather(x, "gathering the samples")
+            if everything is not None:
+                save_npz(everything, out / "samples" / f"{sampler}-eta{eta}-steps{n_steps}.npz")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", metrics.SmallSampleWarning)
             feats = metrics.inception_features(u8, inception, device=device)
-            value = metrics.fid_from_stats(ref_stats, metrics.feature_stats(feats))
+            value = metrics.fid_from_stats(ref_stats, stats_of_shares(feats))
         rows.append(dict(sampler=sampler, eta=eta, steps=n_steps, row=_row_label(sampler, eta), num=num,
                          fid=f"{value:.4f}", sample_seconds=f"{seconds:.2f}",
                          images_per_second=f"{num / seconds:.2f}"))
-        _write_rows(csv_path, rows, FID_COLUMNS)
-        if progress:
+        if D.is_main():
+            _write_rows(csv_path, rows, FID_COLUMNS)
+        if progress and D.is_main():
             print(f"{_row_label(sampler, eta)}, {n_steps} steps: FID {value:.2f} ({seconds:.1f} s sampling)",
                   flush=True)
     rows = [r for r in rows if int(r["num"]) == num]
@@ -202,8 +212,9 @@ def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], 
           + format_table(rows, "row", "steps", "fid", corner="S →")
           + f"\nSampling seconds per cell ({num} images)\n\n"
           + format_table(rows, "row", "steps", "sample_seconds", "{:.1f}", corner="S →"))
-    atomic_write(out / "fid.md", lambda p: p.write_text(md))
-    write_json(out / "fid.json", {"reference": reference.name, "num": num, "rows": rows})
+    if D.is_main():
+        atomic_write(out / "fid.md", lambda p: p.write_text(md))
+        write_json(out / "fid.json", {"reference": reference.name, "num": num, "rows": rows})
     return rows
 
 

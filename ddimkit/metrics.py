@@ -582,6 +582,27 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(within - 2.0 * kxy.mean())
 
 
+def _kid_bootstrap_std(x: np.ndarray, y: np.ndarray, rounds: int, seed: int) -> float:
+    """Standard deviation of the unbiased MMD² over bootstrap resamples of both sets.
+
+    A resample repeats items; pairs of copies of one item are left out of the within-set sums (as the
+    diagonal is in the U-statistic), so duplicates do not bias the resampled estimates.
+    """
+    n, d = x.shape
+    kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(max(2, rounds)):
+        i, j = rng.integers(0, n, n), rng.integers(0, n, n)
+        within = 0.0
+        for k, idx in ((kxx, i), (kyy, j)):
+            sub = k[np.ix_(idx, idx)]
+            same = idx[:, None] == idx[None, :]
+            within += sub[~same].sum() / max(1, (~same).sum())
+        vals.append(within - 2.0 * kxy[np.ix_(i, j)].mean())
+    return float(np.std(vals))
+
+
 def kid(features_a, features_b, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with a cubic polynomial kernel.
 
@@ -597,7 +618,8 @@ def kid(features_a, features_b, subsets: int = 100, subset_size: int = 1000, see
         seed (`int`, *optional*, defaults to 0): seed of the subset draws.
 
     Returns:
-        `tuple[float, float]`: mean and standard deviation of the subset estimates.
+        `tuple[float, float]`: mean and standard deviation of the subset estimates. When both sets are no
+        larger than ``subset_size``, the estimate uses all of them and the deviation is a bootstrap's.
     """
     fa = _check_features(features_a, "features_a")
     fb = _check_features(features_b, "features_b")
@@ -607,8 +629,9 @@ def kid(features_a, features_b, subsets: int = 100, subset_size: int = 1000, see
         raise ValueError(f"need subsets ≥ 1 and subset_size ≥ 2, got {subsets} and {subset_size}")
     m = min(subset_size, fa.shape[0], fb.shape[0])
     if m == fa.shape[0] == fb.shape[0]:
-        # Every subset is the whole of both sets, and the estimator is permutation-invariant.
-        return _mmd2_unbiased(fa, fb), 0.0
+        # Every subset would be the whole of both sets (the estimator is permutation-invariant), so subsets
+        # say nothing about the spread: the standard deviation is the bootstrap's, of the same estimate.
+        return _mmd2_unbiased(fa, fb), _kid_bootstrap_std(fa, fb, subsets, seed)
     rng = np.random.default_rng(seed)
     vals = np.array(
         [

@@ -17,6 +17,8 @@ import torch
 
 from .interpolate import slerp
 from .batching import auto_batch_size
+from .compile_policy import check_compile
+from .compiled_net import compiled_sampling_net
 from .noise import generators_from_seeds, randn
 from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule
@@ -71,8 +73,10 @@ class Pipeline:
         config: the stored configuration (model, schedule, sampling defaults, data, training).
         sampling: sampling defaults (clip_sample, spacing, steps_offset, set_alpha_to_one, ...).
         precision: ``fp32``, or ``bf16``/``fp16`` autocast for the network on CUDA.
-        compile: run the network through ``torch.compile`` (worth it on CUDA for more than a few batches;
-            the first call compiles).
+        compile: ``"auto"`` (default) compiles the network with ``torch.compile`` when the job is large enough
+            to repay the compile (:mod:`ddimkit.compile_policy`; never on the CPU); ``True``/``False`` force
+            it. One batch shape is compiled per batch size and a ragged last batch is padded to it
+            (:mod:`ddimkit.compiled_net`), so nothing recompiles and seeds give the same images.
     """
 
     model: torch.nn.Module
@@ -81,9 +85,10 @@ class Pipeline:
     config: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = "auto"
 
     def __post_init__(self):
+        self.compile = check_compile(self.compile)
         self.sampling = {**SAMPLING_DEFAULTS, **(self.sampling or {})}
         self.model.eval()
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -109,13 +114,15 @@ class Pipeline:
         self.model.to(device)
         return self
 
-    def _net(self, compiled: bool = True) -> Callable:
+    def _net(self, compiled: bool = True, batch_size: int | None = None, work: float = 0.0) -> Callable:
+        """``net(x, t)`` in the pipeline's precision: compiled for ``batch_size`` if the policy says so for
+        ``work`` (images × network evaluations), eager otherwise."""
         model, device, precision = self.model, self.device, self.precision
-        if self.compile and compiled:
-            # Compiled once per Pipeline; the sampling loop's fixed shapes keep it from recompiling.
+        if compiled and batch_size is not None and self.compile is not False:
             if getattr(self, "_compiled", None) is None:
-                self._compiled = torch.compile(self.model)
-            model = self._compiled
+                self._compiled = {}  # one compiled network per batch size
+            model = compiled_sampling_net(self.model, self.compile, batch_size, self.image_shape, work,
+                                          self._compiled) or model
 
         def net(x, t):
             with _autocast(device, precision):
@@ -155,7 +162,8 @@ class Pipeline:
                eta: float | str = 0.0, spacing: str | None = None, clip_sample="config",
                generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
                batch_size: int | None = None, x_T: torch.Tensor | None = None, callback: Callable | None = None,
-               progress: bool = False, use_clipped_model_output: bool | None = None) -> torch.Tensor:
+               progress: bool = False, use_clipped_model_output: bool | None = None,
+               distributed: bool = False) -> torch.Tensor:
         """Generate ``n`` images in [-1, 1], shape (n, C, H, W), on the CPU.
 
         The starting noise is drawn from ``generator`` first (all n at once), then the per-step noise from
@@ -178,9 +186,20 @@ class Pipeline:
             progress: show a progress bar.
             use_clipped_model_output: with clipping, re-derive ε̂ from the clipped x̂0 (default: the model's
                 setting — on for models trained by ddimkit, off for diffusers checkpoints, as diffusers does).
+            distributed: under ``torchrun``/``accelerate launch``, split the images of ``seeds`` across the
+                processes; every process returns all of them, identical to one process with the same batch
+                size (:mod:`ddimkit.sharded_sampling`).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if distributed:
+            if seeds is None or generator is not None or x_T is not None:
+                raise ValueError("distributed sampling takes seeds (image i from its own seed), not generator or x_T")
+            from .sharded_sampling import sample_sharded
+
+            return sample_sharded(self, seeds, batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                                  clip_sample=clip_sample, callback=callback, progress=progress,
+                                  use_clipped_model_output=use_clipped_model_output)
         shape = self.image_shape
         device = self.device
         if seeds is not None:
@@ -200,8 +219,9 @@ class Pipeline:
         opts = self._options(spacing, clip_sample, sampler, use_clipped_model_output)
         batch_size = self._batch_size(batch_size, n)
         out = []
-        net = self._net()
         nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)
+        net = self._net(batch_size=min(batch_size, n),
+                        work=n * (nsteps if isinstance(nsteps, int) else len(nsteps)))
         with _progress(progress, math.ceil(n / batch_size) * (nsteps if isinstance(nsteps, int) else len(nsteps)),
                        f"{sampler}") as bar:
             def cb(d):
@@ -223,7 +243,9 @@ class Pipeline:
         self.check_images(images)
         spacing = spacing or self.sampling["spacing"]
         batch_size = self._batch_size(batch_size, images.shape[0])
-        net, out = self._net(), []
+        n = images.shape[0]
+        net, out = self._net(batch_size=min(batch_size, n), work=n * (steps if isinstance(steps, int) else
+                                                                      len(steps)) * (1 + refine)), []
         for lo in range(0, images.shape[0], batch_size):
             x = images[lo:lo + batch_size].to(self.device).float()
             out.append(ddim_invert(net, x, self.schedule, steps, spacing, self.prediction_type, refine,
@@ -238,9 +260,16 @@ class Pipeline:
                            clip_sample=None, batch_size=batch_size, progress=progress)
 
     def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float], steps: int = 50,
-                    spacing: str | None = None, batch_size: int | None = None) -> torch.Tensor:
-        """slerp between two noises (1, C, H, W) at each α and decode with DDIM η=0: (len(alphas), C, H, W)."""
+                    spacing: str | None = None, batch_size: int | None = None, inverted: bool = False) -> torch.Tensor:
+        """slerp between two noises (1, C, H, W) at each α and decode with DDIM η=0: (len(alphas), C, H, W).
+
+        ``inverted=True`` says the noises come from :meth:`invert`: they are then decoded as
+        :meth:`reconstruct` does (unclipped, on the inversion's grid), so that α = 0 and α = 1 give the
+        input images back. Clipping would move the decode off the path the inversion followed.
+        """
         zs = slerp(z0, z1, list(alphas))[:, 0]
+        if inverted:
+            return self.reconstruct(zs, steps=steps, spacing=spacing, batch_size=batch_size)
         return self.sample(x_T=zs, sampler="ddim", steps=steps, eta=0.0, spacing=spacing, batch_size=batch_size)
 
 
@@ -260,7 +289,8 @@ def _progress(enabled: bool, total: int, desc: str):
         yield bar
 
 
-def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32", compile: bool = False) -> Pipeline:
+def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32",
+         compile: bool | str = "auto") -> Pipeline:
     """Load a model as a :class:`Pipeline`.
 
     ``path`` is a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with

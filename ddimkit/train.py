@@ -9,32 +9,39 @@ Design choices that make runs reproducible and resumable:
 - Several processes (``accelerate launch`` or ``torchrun``) split each global batch evenly; gradients are
   averaged, so the update equals the single-process one. Rank 0 alone writes files.
 - A non-finite loss stops the run with a clear message before anything non-finite is saved.
+- A time budget (``minutes``) stops the run at the first step after it, with a checkpoint there; all ranks
+  stop together (:mod:`ddimkit.deadline`).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
-from .checkpoint import read_checkpoint, read_json, save_checkpoint, write_json
-from .data import load_images, to_model_range
+from .deadline import Deadline
+from .run_folder import (_check_resumable, _create_model, _loss_log, _prepare_data, _run_config,
+                         _write_loss_log, read_run_config)
+from .ema import EMA, ema_decay_at
+from .checkpoint import read_checkpoint, save_checkpoint, write_json
+from .compile_policy import check_compile
+from .compiled_net import compile_for_training
+from .data import to_model_range
 from .diffusion import check_prediction_type, training_loss
-from .pipeline import Pipeline, SAMPLING_DEFAULTS
+from .pipeline import Pipeline
 from .schedule import NoiseSchedule
 
 __all__ = ["TrainConfig", "TrainResult", "train", "batch_indices", "lr_at", "ema_decay_at", "TrainingError",
-           "DEFAULT_LR"]
+           "DEFAULT_LR", "read_run_config"]
 
 _SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for any realistic run length
 
 #: Peak learning rates by preset: the DDPM paper's 2e-4 (CIFAR-10) and 2e-5 (256×256); small networks on
-#: short CPU runs learn fastest near 2e-3.
-DEFAULT_LR = {"basic-unet": 1e-3, "tiny": 2e-3, "mnist": 1e-3, "ddpm-cifar10": 2e-4, "ddpm-256": 2e-5}
+#: short CPU runs learn fastest near 4e-3 (measured: docs/training.md).
+DEFAULT_LR = {"basic-unet": 1e-3, "tiny": 4e-3, "mnist": 1e-3, "ddpm-cifar10": 2e-4, "ddpm-256": 2e-5}
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +56,9 @@ class TrainConfig:
         data: dataset spec (``mnist-5k``, ``folder:PATH``, ``npz:PATH``, ...; see :mod:`ddimkit.data`).
         model: preset name (``tiny``, ``mnist``, ``ddpm-cifar10``, ``ddpm-256``).
         out: run folder.
-        steps: optimizer steps in total.
+        steps: optimizer steps in total; ``"auto"`` (with ``minutes``) sets it from the pace of the first
+            steps so that the learning-rate schedule ends at the deadline (see :mod:`ddimkit.deadline`).
+        minutes: wall-clock budget of this invocation: stop (and save) at the first step after it.
         batch_size: global batch size (split across processes).
         lr, warmup, lr_schedule: peak learning rate (None: the preset's, :data:`DEFAULT_LR`), linear warm-up
             steps, then ``constant`` or ``cosine``.
@@ -66,14 +75,16 @@ class TrainConfig:
         save_every, sample_every, log_every: intervals in steps (0 = only at the end / never).
         keep: checkpoints to keep.
         mixed_precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``no``, ``bf16`` or ``fp16``.
-        compile: ``torch.compile`` the network (CUDA).
+        compile: ``torch.compile`` the network: ``auto`` when the run repays the compile
+            (:mod:`ddimkit.compile_policy`; never on the CPU), or ``True``/``False``.
         num_sample_images: images in each sample grid.
     """
 
     data: str = "mnist-5k"
     model: str = "tiny"
     out: str = "runs/default"
-    steps: int = 2000
+    steps: int | str = 2000
+    minutes: float | None = None
     batch_size: int = 64
     lr: float | None = None
     warmup: int = 100
@@ -82,8 +93,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
-    prediction: str = "eps"
-    min_snr_gamma: float | None = None
+    prediction: str = "x0"
+    min_snr_gamma: float | None = 0.25
     schedule: str = "linear"
     num_train_timesteps: int = 1000
     beta_start: float | None = None
@@ -99,12 +110,21 @@ class TrainConfig:
     log_every: int = 10
     keep: int = 2
     mixed_precision: str = "auto"
-    compile: bool = False
+    compile: bool | str = "auto"
     num_sample_images: int = 64
 
     def __post_init__(self):
         check_prediction_type(self.prediction)
+        if self.steps == "auto" and self.minutes is None:
+            raise ValueError("steps='auto' needs a time budget (minutes)")
+        if self.min_snr_gamma is not None and not (isinstance(self.min_snr_gamma, (int, float))
+                                                   and self.min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be a positive number or None, got {self.min_snr_gamma!r}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
         for name in ("steps", "batch_size"):
+            if name == "steps" and self.steps == "auto":
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("save_every", "sample_every", "log_every", "warmup", "keep"):
@@ -118,6 +138,7 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        check_compile(self.compile)
 
     @property
     def peak_lr(self) -> float:
@@ -162,6 +183,10 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
     return torch.cat(out)
 
 
+def _steps_or_inf(cfg: TrainConfig) -> float:
+    return cfg.steps if isinstance(cfg.steps, int) else math.inf
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for (0-based) step ``step``: linear warm-up, then constant or cosine to zero."""
     lr = cfg.peak_lr
@@ -169,125 +194,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return lr * (step + 1) / cfg.warmup
     if cfg.lr_schedule == "constant":
         return lr
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    # Before an automatic length is known (the first few steps) the schedule reads as not yet decaying.
+    total = cfg.steps if isinstance(cfg.steps, int) else step + 1_000_000
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def ema_decay_at(step: int, cfg: TrainConfig) -> float:
-    """EMA decay after ``step`` updates; the warm-up lets early weights fade fast."""
-    if not cfg.ema_warmup:
-        return cfg.ema_decay
-    return min(cfg.ema_decay, (1 + step) / (10 + step))
-
-
-def _size_multiple(model_name: str) -> int:
-    """Images must be divisible by 2^(levels-1); built on the meta device, so nothing is allocated."""
-    from .models import create_model
-
-    with torch.device("meta"):
-        net = create_model(model_name)
-    return 2 ** (len(net.config.get("block_out_channels", (0, 0, 0))) - 1)
-
-
-def _prepare_data(cfg: TrainConfig):
-    """Load the dataset (uint8, CPU) and settle image size and channels."""
-    images = load_images(cfg.data, channels=cfg.channels)
-    size = cfg.image_size
-    if size is None:
-        native = max(images.shape[2:])
-        mult = _size_multiple(cfg.model)
-        size = math.ceil(native / mult) * mult
-    from .data import fit_images
-
-    return fit_images(images, size), size
-
-
-def _create_model(cfg: TrainConfig, channels: int, size: int) -> torch.nn.Module:
-    from .models import create_model
-
-    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
-    overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-    return create_model(cfg.model, in_channels=channels, sample_size=size, **overrides)
-
-
-def _run_config(cfg: TrainConfig, images: torch.Tensor, size: int, schedule: NoiseSchedule,
-                model: torch.nn.Module) -> dict:
-    from . import __version__
-
-    return {
-        "ddimkit_version": __version__,
-        "model": {"name": cfg.model, "class": type(model).__name__, "config": model.config},
-        "schedule": schedule.config,
-        "prediction_type": check_prediction_type(cfg.prediction),
-        # ε̂ re-derived from the clipped x̂0 (improved-diffusion's DDIM): with diffusers' convention of keeping the
-        # network's ε̂, a clipped x̂0 and an unclipped ε̂ disagree, which leaves speckled backgrounds on models
-        # that are still weak at high noise.
-        "sampling": {**SAMPLING_DEFAULTS, "clip_sample": cfg.clip_sample, "use_clipped_model_output": True},
-        "data": {"spec": cfg.data, "num_images": int(images.shape[0]), "channels": int(images.shape[1]),
-                 "image_size": size, "flip": cfg.flip},
-        "train": asdict(cfg),
-    }
-
-
-class _EMA:
-    """Exponential moving average of parameters (buffers are copied)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.params = [p.detach().clone() for p in model.parameters()]
-        self.buffers = [b.detach().clone() for b in model.buffers()]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, decay: float):
-        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1 - decay)
-        for b, src in zip(self.buffers, model.buffers()):
-            b.copy_(src)
-
-    def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-        return dict(zip(names, self.params + self.buffers))
-
-    def load(self, model: torch.nn.Module, sd: dict[str, torch.Tensor]):
-        named = list(model.named_parameters()) + list(model.named_buffers())
-        for dst, (name, _) in zip(self.params + self.buffers, named):
-            dst.copy_(sd[name])
-
-
-def _check_resumable(old: dict, new: dict):
-    """A resumed run must train the same model on the same data; only its length may change."""
-    for key in ("model", "schedule", "prediction_type", "data"):
-        if old.get(key) != new.get(key):
-            raise ValueError(f"cannot resume: the run's {key} differs from the stored one")
-    old_train = {k: v for k, v in old["train"].items() if k not in ("steps", "save_every", "sample_every",
-                                                                      "log_every", "keep", "out", "compile")}
-    new_train = {k: v for k, v in new["train"].items() if k in old_train}
-    diff = sorted(k for k in old_train if old_train[k] != new_train.get(k))
-    if diff:
-        raise ValueError(f"cannot resume: training options differ from the stored run: {', '.join(diff)}")
-
-
-def _loss_log(out: Path, resume_step: int) -> list[tuple[int, float]]:
-    """Rows of loss.csv up to the resumed step (later rows belong to the lost part of the run)."""
-    path = out / "loss.csv"
-    if resume_step == 0 or not path.is_file():
-        return []
-    rows = []
-    with open(path) as f:
-        for r in csv.DictReader(f):
-            if int(r["step"]) <= resume_step:
-                rows.append((int(r["step"]), float(r["loss"])))
-    return rows
-
-
-def _write_loss_log(out: Path, rows: list[tuple[int, float]]):
-    from .checkpoint import atomic_write
-
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["step", "loss"])
-            w.writerows((s, f"{l:.6g}") for s, l in rows)
-
-    atomic_write(out / "loss.csv", write)
 
 
 def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None = None,
@@ -305,6 +215,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         a :class:`TrainResult`, with ``pipeline`` holding the EMA model on rank 0.
     """
     from accelerate import Accelerator
+    from accelerate.utils import broadcast as accelerate_broadcast
 
     from .pipeline import build_model
     from .viz import plot_loss, save_grid
@@ -323,6 +234,8 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     local = cfg.batch_size // world
     rank = accelerator.process_index
     device = accelerator.device
+    # The budget counts from here: loading data and building (or compiling) the model are part of it.
+    deadline = Deadline(cfg.minutes, lambda x: accelerate_broadcast(x.to(device)).cpu(), world)
 
     schedule = cfg.make_schedule()
     images, size = _prepare_data(cfg)
@@ -332,7 +245,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
                                   **({"fused": True} if cuda else {}))
-    ema = _EMA(model)
+    ema = EMA(model)
     start = 0
     if resume:
         if not (out / "latest").is_file():
@@ -343,14 +256,19 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         ema.load(model, ck["ema"])
         optimizer.load_state_dict(ck["optimizer"])
         start = ck["step"]
-        if start >= cfg.steps:
+        stored_steps = ck["config"]["train"].get("steps")
+        if cfg.steps == "auto" and isinstance(stored_steps, int):
+            cfg = replace(cfg, steps=stored_steps)  # the length chosen when the run started
+            run_cfg["train"]["steps"] = stored_steps
+        if isinstance(cfg.steps, int) and start >= cfg.steps:
             raise ValueError(f"the run already has {start} steps; raise --steps to train longer")
     elif (out / "latest").is_file():
         raise ValueError(f"{out} already holds a run; use --resume to continue it or choose another --out")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", run_cfg)
-    net = torch.compile(model) if cfg.compile else model
+    net = compile_for_training(model, cfg.compile, device, cfg.steps if isinstance(cfg.steps, int) else None,
+                               local, (images.shape[1], size, size), cfg.minutes)
     net, optimizer = accelerator.prepare(net, optimizer)
 
     losses = _loss_log(out, start) if main else []
@@ -361,7 +279,8 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     if main and progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps if isinstance(cfg.steps, int) else None, initial=start, desc="train",
+                   unit="step", dynamic_ncols=True)
 
     def save(step):
         if main:
@@ -402,10 +321,15 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         x = pipe.sample(cfg.num_sample_images, "ddim", steps=50, generator=torch.Generator().manual_seed(cfg.seed))
         save_grid(x, out / "samples" / f"step-{step:08d}.png")
 
+    # An automatic length is planned from the pace since step 3 of this invocation, at steps 10, 100 and 1,000
+    # of it: the first plan lets the cosine start, the later ones follow a pace that drifts (caches, clocks).
+    plan_at = {start + k for k in (10, 100, 1000)} if cfg.steps == "auto" else set()
+
     model.train()
     step = start
     try:
-        for step in range(start + 1, cfg.steps + 1):
+        while not isinstance(cfg.steps, int) or step < cfg.steps:
+            step += 1
             k = step - 1  # 0-based index: seeds and the learning rate depend on it alone
             g = torch.Generator().manual_seed(cfg.seed * _SEED_STRIDE + k)
             idx = batch_indices(k, cfg.batch_size, len(images), cfg.seed)
@@ -431,7 +355,18 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             done_images += cfg.batch_size
             if bar is not None:
                 bar.update(1)
-            last = step == cfg.steps or step == stop_after
+            if step == start + 3:
+                t_pace = time.perf_counter()
+            if step in plan_at and step < _steps_or_inf(cfg):
+                timed = step - start - 3
+                cfg = replace(cfg, steps=max(step, deadline.planned_steps(step, timed, time.perf_counter() - t_pace)))
+                run_cfg["train"]["steps"] = cfg.steps
+                if main:
+                    write_json(out / "config.json", run_cfg)
+                if bar is not None:
+                    bar.total = cfg.steps
+            out_of_time = deadline.passed(step)
+            last = step == cfg.steps or step == stop_after or out_of_time
             save_now = bool(cfg.save_every and step % cfg.save_every == 0) or last
             # Log the loss at log steps and before every save: once non-finite, the weights stay so, and
             # the check at the save step keeps a bad state from ever being written.
@@ -443,9 +378,9 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             if save_now:
                 save(step)
                 last_saved = step
-            if cfg.sample_every and step % cfg.sample_every == 0 or (last and step == cfg.steps):
+            if cfg.sample_every and step % cfg.sample_every == 0 or (last and (step == cfg.steps or out_of_time)):
                 sample_grid(step)
-            if step == stop_after:
+            if step == stop_after or out_of_time:
                 break
     finally:
         if bar is not None:
@@ -457,8 +392,3 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
 
         result.pipeline = load(out, device=device)
     return result
-
-
-def read_run_config(out: str | Path) -> dict:
-    """The stored configuration of a run folder."""
-    return read_json(Path(out) / "config.json")

@@ -201,3 +201,19 @@ def test_unwritable_output_loses_nothing(run, tmp_path, capsys):
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     _error(capsys, ["train", "--model", "tiny", "--out", str(run), "--steps", "4"], "already holds a run")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_demo_trains_for_its_minutes_scores_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--minutes", "0.03", "--num", "4", "--num-ddpm", "2"]) == 0
+    import json
+
+    report = json.loads((out / "demo.json").read_text())
+    for key in ("ddim_50_recognised", "ddpm_1000_recognised"):
+        assert 0.0 <= report[key] <= 1.0
+    assert (out / "ddim_50.png").is_file() and (out / "ddpm_1000.png").is_file()
+    assert "recognised as digits" in capsys.readouterr().out
+    # Run again: the finished (or budget-stopped) run is resumed or reused, never refused.
+    assert main(["demo", "--out", str(out), "--minutes", "0.01", "--num", "2", "--num-ddpm", "1"]) == 0
+    capsys.readouterr()
+    _error(capsys, ["train", "--out", str(tmp_path / "x"), "--steps", "auto"], "--steps auto needs --minutes")

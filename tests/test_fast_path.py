@@ -20,7 +20,8 @@ def run(tmp_path_factory):
 def test_cli_defaults_on_cpu_are_plain_fp32(run):
     args = argparse.Namespace(ckpt=str(run), ema=True, device="cpu", precision=None, compile=None)
     p = load_pipeline(args)
-    assert p.precision == "fp32" and p.compile is False and p.device.type == "cpu"
+    assert p.precision == "fp32" and p.compile == "auto" and p.device.type == "cpu"  # auto: eager on the CPU
+    assert p._net(batch_size=2, work=1e12) is not None and not getattr(p, "_compiled", None)
 
 
 def test_reduced_precision_is_a_no_op_on_cpu(run):

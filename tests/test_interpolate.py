@@ -73,3 +73,18 @@ def test_lerp():
     z0, z1 = _pair()
     assert torch.allclose(dk.lerp(z0, z1, 0.25), 0.75 * z0 + 0.25 * z1)
     assert dk.lerp(z0, z1, [0.0, 1.0]).shape == (2, *z0.shape)
+
+
+def test_fusing_inverted_images_gives_the_inputs_back_at_the_ends(tmp_path):
+    """Decoding between inverted images must follow the inversion (no clipping): α = 0 and 1 are the inputs'
+    reconstructions. A model that stores clipping as its default would otherwise decode other images (an
+    ε-model, whose x̂0 leaves [-1, 1] when it is weak, shows it)."""
+    cfg = dict(out=str(tmp_path / "r"), steps=3, batch_size=4, warmup=1, save_every=3, sample_every=0,
+               num_sample_images=0, log_every=1, clip_sample=1.0, prediction="eps", min_snr_gamma=None)
+    pipe = dk.train(dk.TrainConfig(**cfg), progress=False).pipeline
+    x = dk.load_images("mnist-5k")[:2].float() / 127.5 - 1
+    z = pipe.invert(x, steps=10)
+    ends = pipe.interpolate(z[:1], z[1:], [0.0, 1.0], steps=10, inverted=True)
+    torch.testing.assert_close(ends, pipe.reconstruct(z, steps=10))
+    clipped = pipe.interpolate(z[:1], z[1:], [0.0, 1.0], steps=10)
+    assert not torch.allclose(clipped, ends, atol=1e-3)  # what the clipping decode did instead

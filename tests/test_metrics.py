@@ -157,7 +157,18 @@ def test_kid_matches_definition():
     x, y = _features(1, n=6, d=5), _features(2, n=6, d=5, shift=0.2)
     mean, std = M.kid(x, y)
     assert mean == pytest.approx(_mmd2_loops(x, y), rel=1e-10)
-    assert std == 0.0
+    assert std > 0  # whole sets: the spread is the bootstrap's, never a meaningless 0
+
+
+def test_kid_bootstrap_spread_is_positive_and_shrinks_with_n():
+    stds = []
+    for n in (100, 400, 1600):
+        x, y = _features(7, n=n, d=16), _features(8, n=n, d=16, shift=0.3)
+        mean, std = M.kid(x, y, subsets=30, subset_size=n)
+        assert mean == pytest.approx(M._mmd2_unbiased(x, y))
+        stds.append(std)
+    assert 0 < stds[2] < stds[1] < stds[0]
+    assert stds[0] / stds[2] > 2.5  # about √16 = 4 for an estimate whose error falls as 1/√n
 
 
 def test_kid_same_set_near_zero_shifted_positive():

@@ -65,7 +65,7 @@ def test_loss_falls_and_checkpoint_round_trips(tmp_path):
         assert torch.equal(p.model(x, t), res.pipeline.model(x, t))
         raw = dk.load(tmp_path / "run", device="cpu", ema=False)
         assert not torch.equal(raw.model(x, t), p.model(x, t))  # EMA and raw weights are both kept
-    assert p.prediction_type == "epsilon" and p.image_shape == (1, 28, 28)
+    assert p.prediction_type == "sample" and p.image_shape == (1, 28, 28)
     # trained models re-derive ε̂ from the clipped x̂0 by default; the flag changes samples when x̂0 is clipped
     assert p.sampling["use_clipped_model_output"] is True and p.sampling["clip_sample"] == 1.0
     g = lambda: torch.Generator().manual_seed(0)

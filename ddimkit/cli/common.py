@@ -98,6 +98,19 @@ def device_arg(text: str | None) -> torch.device:
     return dev
 
 
+def join_launch(device: str | None) -> str:
+    """Under torchrun/accelerate launch, join the process group and return this process's device (cuda →
+    cuda:LOCAL_RANK); only rank 0 then prints. Outside a launcher, the device as given."""
+    from .. import distributed
+
+    distributed.check_launch()  # before any work: a launch that would silently run one process
+    if not distributed.launched():
+        return device
+    dev = str(distributed.init(device_arg(device)))
+    distributed.quiet_others()
+    return dev
+
+
 def add_ckpt_args(p: argparse.ArgumentParser, required: bool = True):
     p.add_argument("--ckpt", required=required, help="run folder, checkpoint folder, diffusers folder or hub id")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
@@ -105,8 +118,25 @@ def add_ckpt_args(p: argparse.ArgumentParser, required: bool = True):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="network precision on CUDA (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the network (default: on with CUDA, off on CPU)")
+    add_compile_args(p)
+
+
+_COMPILE_CHOICES = {"auto": "auto", "yes": True, "no": False}
+
+
+def compile_value(text: str) -> bool | str:
+    """``--compile auto|yes|no`` (``--compile`` alone means yes)."""
+    if text.lower() not in _COMPILE_CHOICES:
+        raise argparse.ArgumentTypeError(f"expected auto, yes or no, got {text!r}")
+    return _COMPILE_CHOICES[text.lower()]
+
+
+def add_compile_args(p: argparse.ArgumentParser):
+    """``--compile [auto|yes|no]`` (default auto) and ``--no-compile``."""
+    p.add_argument("--compile", type=compile_value, nargs="?", const=True, default="auto", metavar="auto|yes|no",
+                   help="torch.compile the network: auto (default) compiles on CUDA when the job repays the "
+                        "compile, --compile forces it, --no-compile turns it off")
+    p.add_argument("--no-compile", dest="compile", action="store_const", const=False, help=argparse.SUPPRESS)
 
 
 def load_pipeline(args):
@@ -115,7 +145,8 @@ def load_pipeline(args):
     device = device_arg(args.device)
     cuda = device.type == "cuda"
     precision = args.precision or ("bf16" if cuda else "fp32")
-    compile_ = cuda if getattr(args, "compile", None) is None else args.compile
+    compile_ = getattr(args, "compile", None)
+    compile_ = "auto" if compile_ is None else compile_
     return load(args.ckpt, ema=args.ema, device=device, precision=precision, compile=compile_)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from .common import UsageError, add_ckpt_args, eta_list, int_list, load_pipeline, positive_int, writable_dir
+from .common import (UsageError, add_ckpt_args, eta_list, int_list, join_launch, load_pipeline, positive_int,
+                     writable_dir)
 
 
 def _add_inception(p):
@@ -74,6 +75,7 @@ def cmd_fid(args):
     for s in (a, b):
         if s.images is not None and len(s.images) < 2:
             raise UsageError(f"{s.name} has {len(s.images)} image; FID needs at least 2 (2,048+ to mean anything)")
+    args.device = join_launch(args.device)  # under a launcher each process measures its share
     model = _inception(args, args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", metrics.SmallSampleWarning)
@@ -86,8 +88,10 @@ def cmd_fid(args):
     if args.kid:
         if a.images is None or b.images is None:
             raise UsageError("KID needs images on both sides, not statistics")
-        fa = metrics.inception_features(a.images, model, args.batch_size, args.device)
-        fb = metrics.inception_features(b.images, model, args.batch_size, args.device)
+        from ..sharded_metrics import sharded_features
+
+        fa = sharded_features(a.images, model, args.batch_size, args.device)
+        fb = sharded_features(b.images, model, args.batch_size, args.device)
         mean, std = metrics.kid(fa, fb)
         print(f"KID {mean:.5f} ± {std:.5f}")
 
@@ -96,6 +100,11 @@ def cmd_sweep(args):
     from ..evaluate import fid_table, read_image_set, reconstruction_table
 
     out = writable_dir(args.out)
+    args.device = join_launch(args.device)
+    from .. import distributed
+
+    if args.reconstruction and distributed.world_size() > 1:
+        raise UsageError("--reconstruction runs on one process; run it without torchrun/accelerate launch")
     pipe = load_pipeline(args)
     T = pipe.schedule.num_train_timesteps
     if max(args.steps) > T or min(args.steps) < 1:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .common import (UsageError, add_ckpt_args, add_grid_args, eta_value, float_list, load_pipeline,
+from .common import (UsageError, add_ckpt_args, add_grid_args, eta_value, float_list, join_launch, load_pipeline,
                      non_negative_int, positive_float, positive_int, read_tensor_file, writable_file,
                      write_tensor_file)
 
@@ -67,6 +67,7 @@ def register(sub):
 def cmd_sample(args):
     out = writable_file(args.out, (".png", ".npz"))
     traj = writable_file(args.trajectory, (".png",)) if args.trajectory else None
+    args.device = join_launch(args.device)
     pipe = load_pipeline(args)
     T = pipe.schedule.num_train_timesteps
     if args.steps is not None and args.steps > T:
@@ -85,7 +86,15 @@ def cmd_sample(args):
               batch_size=args.batch_size, callback=callback, progress=True, use_clipped_model_output=args.clipped_eps)
     if args.sampler == "ddpm":
         pipe.sampling["variance"] = args.variance
-    if args.per_sample_seeds:
+    from .. import distributed
+
+    if distributed.launched():  # image i from seed+i wherever it is drawn: one image set for any process count
+        from ..sharded_sampling import sample_sharded
+
+        images = sample_sharded(pipe, range(args.seed, args.seed + args.num), to="main", **kw)
+        if images is None:  # not rank 0: rank 0 writes
+            return
+    elif args.per_sample_seeds:
         images = pipe.sample(seeds=range(args.seed, args.seed + args.num), **kw)
     else:
         images = pipe.sample(args.num, generator=torch.Generator().manual_seed(args.seed), **kw)
@@ -155,7 +164,8 @@ def cmd_interpolate(args):
         inv = pipe.invert(x, steps=args.steps, spacing=args.spacing, refine=args.refine)
         z = [inv[:1], inv[1:]]
         title = "slerp between two inverted images"
-    images = pipe.interpolate(z[0], z[1], args.alphas, steps=args.steps, spacing=args.spacing)
+    images = pipe.interpolate(z[0], z[1], args.alphas, steps=args.steps, spacing=args.spacing,
+                              inverted=bool(args.images))
     from ..viz import labelled_grid
 
     rows, labels = [images], ["DDIM η=0"]

@@ -21,6 +21,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that split their work across the processes of torchrun / accelerate launch (docs/distributed.md).
+PARALLEL = ("train", "sample", "fid", "sweep")
+
+
+def _check_parallel(command: str):
+    from ..distributed import world_size
+
+    if world_size() > 1 and command not in PARALLEL:
+        raise ValueError(f"runs on one process; run it without torchrun/accelerate launch (only "
+                         f"{', '.join(PARALLEL)} split their work across processes)")
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     if isinstance(e, OSError) and e.filename and e.strerror:
@@ -34,6 +46,7 @@ def main(argv=None) -> int:
     from ..train import TrainingError
 
     try:
+        _check_parallel(args.command)
         args.func(args)
     except KeyboardInterrupt:
         print("ddimkit: interrupted", file=sys.stderr)

@@ -1,0 +1,158 @@
+"""Recipe study: train variants for the same CPU time, then score samples and per-timestep denoising error.
+
+    python benchmarks/recipe_study.py --data mnist-5k --heldout npz:../shared/data/mnist_10k.npz:x \\
+        --classifier mnist --seconds 180 --variant base --variant v-minsnr:prediction=v,min_snr_gamma=5
+
+Each variant is ``NAME[:key=value,...]`` over the default :class:`ddimkit.TrainConfig` (plus the study's
+``--set`` options); ``arch=NAME`` picks a study architecture from :data:`ARCHS`. Training is capped by
+wall-clock seconds (``--seconds``; all variants share it) through ``TrainConfig.minutes``. Then 256 samples
+with DDIM-50 η = 0 (and η = 1) from seed 0 are scored by the shipped classifier (recognition rate at
+confidence ≥ 0.9, classes seen, classifier-FD against held-out images), and the EMA network's held-out ε-MSE
+and x̂0-MSE are measured at fixed timesteps. One JSON line per variant goes to ``--out``/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ddimkit as dk
+from ddimkit import classifier as C
+from ddimkit.data import load_images, to_model_range, to_uint8
+from ddimkit.diffusion import levels, to_x0_eps
+from ddimkit.models import presets
+
+TIMESTEPS = (5, 25, 50, 100, 200, 300, 500, 700, 900, 990)
+
+# Architectures tried (UNet kwargs over the tiny preset's).
+ARCHS = {
+    "w16": dict(block_out_channels=(16, 32, 64), norm_num_groups=8),
+    "w16-32-32": dict(block_out_channels=(16, 32, 32), norm_num_groups=8),
+    "w8-24-48": dict(block_out_channels=(8, 24, 48), attention_head_dim=48),
+    "w8-32-64": dict(block_out_channels=(8, 32, 64), attention_head_dim=64),
+    "l2": dict(layers_per_block=2),
+}
+
+
+def _register(arch: str) -> str:
+    cls, ch, size, kw = presets._PRESETS["tiny"]
+    presets._PRESETS["study-" + arch] = (cls, ch, size, {**kw, **ARCHS[arch]})
+    return "study-" + arch
+
+
+def _parse(spec: str) -> tuple[str, dict]:
+    name, _, rest = spec.partition(":")
+    kw = {}
+    for kv in filter(None, rest.split(",")):
+        k, v = kv.split("=", 1)
+        try:
+            kw[k] = json.loads(v)
+        except json.JSONDecodeError:
+            kw[k] = v
+    return name, kw
+
+
+@torch.no_grad()
+def denoising_error(pipe, x0: torch.Tensor, seed: int = 1) -> dict:
+    """Held-out ε-MSE and x̂0-MSE of the pipeline's network at :data:`TIMESTEPS` (same noise for every model)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=g)
+    out = {}
+    for t in TIMESTEPS:
+        tt = torch.full((len(x0),), t, dtype=torch.long)
+        a, s = levels(pipe.schedule, tt, x0)
+        xt = a * x0 + s * noise
+        pred = pipe.model(xt, tt)
+        pred = getattr(pred, "sample", pred)
+        x0_hat, eps_hat = to_x0_eps(pred, xt, a, s, pipe.prediction_type)
+        out[t] = (float((eps_hat - noise).pow(2).mean()), float((x0_hat.clamp(-1, 1) - x0).pow(2).mean()))
+    return out
+
+
+def score(pipe, net, heldout_u8: np.ndarray, num: int = 256) -> dict:
+    res = {}
+    for eta in (0.0, 1.0):
+        t0 = time.perf_counter()
+        x = pipe.sample(num, "ddim", steps=50, eta=eta, generator=torch.Generator().manual_seed(0))
+        u8 = to_uint8(x)[:, 0].numpy()
+        r = C.recognition(net, u8)
+        res[f"eta{eta:g}"] = dict(recognised=r.rate, classes=r.classes_seen, counts=r.class_counts,
+                                  cfd=C.classifier_fd(net, u8, heldout_u8[:2000]),
+                                  sample_s=time.perf_counter() - t0)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="mnist-5k")
+    ap.add_argument("--heldout", required=True, help="image set spec of held-out images (uint8 28×28)")
+    ap.add_argument("--classifier", default="mnist")
+    ap.add_argument("--seconds", type=float, default=180)
+    ap.add_argument("--variant", action="append")
+    ap.add_argument("--rescore", action="store_true", help="score the finished runs in --out again")
+    ap.add_argument("--set", default="", help="key=value,... applied to every variant")
+    ap.add_argument("--out", default="runs/recipe-study")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    held = load_images(args.heldout)
+    held_u8 = held[:, 0].numpy()
+    x_held = to_model_range(held[:512])
+    net = C.load_classifier(args.classifier)
+    common = _parse("x:" + args.set)[1]
+    if args.rescore:
+        for f in sorted(out.glob("*/study.json")):
+            rec = json.loads(f.read_text())
+            rec.update(score(dk.load(f.parent), net, held_u8))
+            f.write_text(json.dumps(rec, indent=1))
+            _report(rec)
+        return
+    for spec in args.variant or []:
+        name, kw = _parse(spec)
+        kw = {**common, **kw}
+        if "arch" in kw:
+            kw["model"] = _register(kw.pop("arch"))
+        run = out / name
+        if (run / "study.json").is_file():
+            print(f"{name}: done already")
+            continue
+        cfg = dk.TrainConfig(**{**dict(data=args.data, out=str(run), steps=100000, save_every=200,
+                                       sample_every=0, num_sample_images=0,
+                                       minutes=args.seconds / 60 if args.seconds else None), **kw})
+        t0 = time.perf_counter()
+        result = dk.train(cfg, resume=(run / "latest").is_file(), progress=False)
+        train_s = time.perf_counter() - t0
+        pipe = dk.load(run)
+        if x_held.shape[-1] != pipe.image_shape[-1]:
+            from ddimkit.data import fit_images
+            xh = to_model_range(fit_images(held[:512], pipe.image_shape[-1]))
+        else:
+            xh = x_held
+        rec = dict(name=name, options=kw, steps=result.step, train_s=round(train_s, 1),
+                   img_per_s=round(result.images_per_second, 1),
+                   params=sum(p.numel() for p in pipe.model.parameters()),
+                   final_loss=result.losses[-1][1] if result.losses else None,
+                   **score(pipe, net, held_u8), error=denoising_error(pipe, xh))
+        (run / "study.json").write_text(json.dumps(rec, indent=1))
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        _report(rec)
+
+
+def _report(rec: dict):
+    e0, e1 = rec["eta0"], rec["eta1"]
+    print(f"{rec['name']}: {rec['steps']} steps {rec['img_per_s']} img/s | eta0 rec {e0['recognised']:.3f} "
+          f"cls {e0['classes']} cfd {e0['cfd']:.1f} | eta1 rec {e1['recognised']:.3f} cfd {e1['cfd']:.1f}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""torch.compile with recompiles made fatal: sampling, inversion and training compile one graph each, once.
+
+The network is a one-level UNet on 8×8 images so that TorchInductor's CPU compile stays short; a compile on
+2 CPU cores still costs about 25 s for inference and 35 s for training with an empty cache (a few seconds
+with the cache that :func:`ddimkit.compile_policy.use_persistent_cache` fills), and each test compiles once.
+"""
+
+import contextlib
+import sys
+
+import pytest
+import torch
+
+import ddimkit as dk
+from ddimkit.compiled_net import StaticBatchNet
+from ddimkit.models import create_model
+
+SMALL = dict(block_out_channels=(8,), layers_per_block=1, down_block_types=("AttnDownBlock2D",),
+             up_block_types=("AttnUpBlock2D",), norm_num_groups=4, attention_head_dim=8, mid_block_type=None)
+
+
+def small_unet(seed=0):
+    torch.manual_seed(seed)
+    return create_model("tiny", sample_size=8, **SMALL)
+
+
+@contextlib.contextmanager
+def recompiles_fatal():
+    """Any further compile raises: the fail_on_recompile stance (torch >= 2.6), which also refuses a first
+    compile, so run the one expected compile before entering; older torch: error_on_recompile."""
+    if hasattr(torch.compiler, "set_stance"):
+        with torch.compiler.set_stance("fail_on_recompile"):
+            yield
+    else:
+        with recompiles_fatal_after_first():
+            yield
+
+
+def recompiles_fatal_after_first():
+    """A recompile raises, the first compile of each function does not (Dynamo's error_on_recompile)."""
+    return torch._dynamo.config.patch(error_on_recompile=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Other tests may have compiled UNet.forward (its code object holds the cache): start clean."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def compiled_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_recompiles_are_fatal_and_padding_avoids_them():
+    """The control: an unpadded ragged batch does recompile (and raises), the padded one does not.
+    Dynamo alone decides recompiles, so its eager backend checks this without a slow code generation."""
+    net = torch.compile(small_unet().eval(), backend="eager", dynamic=False)
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 7)
+    with torch.no_grad():
+        net(x, t)
+        for fatal in (recompiles_fatal, recompiles_fatal_after_first):
+            with fatal(), pytest.raises(Exception, match="ecompil"):
+                net(x[:3], t[:3])
+        with recompiles_fatal():
+            padded = StaticBatchNet(net, 4)
+            out = padded(x[:3], t[:3])
+            assert out.shape == (3, 1, 8, 8)
+            assert torch.allclose(out, net(x, t)[:3], atol=1e-6)  # zero rows do not leak into the real ones
+
+
+def test_sampling_and_inversion_compile_once():
+    """Three samplers, two step counts, ragged batches, per-sample seeds and inversion: one compile, and
+    the images equal the eager network's for the same seeds (the padding draws no extra noise)."""
+    model = small_unet().eval()
+    sched = dk.NoiseSchedule.linear()
+    fast = dk.Pipeline(model, sched, "epsilon", compile=True)
+    eager = dk.Pipeline(model, sched, "epsilon", compile=False)
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+
+    fast.sample(4, steps=2, batch_size=4, generator=g(0))  # the one compile
+    assert compiled_graphs() == 1
+    with recompiles_fatal():
+        for sampler, steps, eta in (("ddim", 3, 0.0), ("ddim", 5, 1.0), ("ddpm", 3, 0.0), ("ddpm", 6, 0.0),
+                                    ("dpmpp-2m", 3, 0.0), ("dpmpp-2m", 5, 0.0)):
+            kw = dict(sampler=sampler, steps=steps, eta=eta, clip_sample=None)
+            a = fast.sample(10, batch_size=4, generator=g(1), **kw)  # batches 4, 4 and a ragged 2
+            b = eager.sample(10, batch_size=4, generator=g(1), **kw)
+            assert torch.allclose(a, b, atol=1e-4), (sampler, steps, (a - b).abs().max())
+        a = fast.sample(seeds=range(6), batch_size=4, sampler="ddpm", steps=4)
+        b = eager.sample(seeds=range(6), batch_size=6, sampler="ddpm", steps=4)  # seeds: batch-independent
+        assert torch.allclose(a, b, atol=1e-4)
+        images = torch.rand(6, 1, 8, 8) * 2 - 1
+        z = fast.invert(images, steps=4, batch_size=4, refine=1)
+        assert torch.allclose(z, eager.invert(images, steps=4, batch_size=4, refine=1), atol=1e-4)
+    assert compiled_graphs() == 1
+
+
+def test_training_compiles_once(tmp_path, monkeypatch):
+    """A few optimizer steps of dk.train with compile=True: the first step compiles, no step recompiles."""
+    train_module = sys.modules["ddimkit.train"]  # ``ddimkit.train`` the attribute is the function
+    monkeypatch.setattr(train_module, "_create_model", lambda cfg, channels, size: small_unet(cfg.seed))
+    cfg = dk.TrainConfig(data="mnist-5k", model="tiny", out=str(tmp_path / "run"), steps=4, batch_size=4,
+                         image_size=8, compile=True, save_every=0, sample_every=0, log_every=1,
+                         num_sample_images=0, warmup=2)
+    with recompiles_fatal_after_first():  # the first step compiles inside train()
+        result = dk.train(cfg, progress=False)
+    assert result.step == 4 and len(result.losses) == 4
+    assert compiled_graphs() == 1

@@ -1,0 +1,143 @@
+"""The training recipe's options: loss weighting, the time budget, the scoring classifiers."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ddimkit as dk
+from ddimkit import classifier as C
+from ddimkit.deadline import Deadline
+from ddimkit.diffusion import levels, to_x0_eps, training_loss
+from ddimkit.train import TrainConfig, lr_at, train
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_min_snr_loss_is_the_x0_error_weighted_by_min_snr(prediction, gamma):
+    """Hang et al. (2023): every parameterisation's weighted loss equals min(SNR, γ)·‖x̂0 − x0‖²."""
+    s = dk.NoiseSchedule.linear()
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 10, 100, 400, 800, 999])
+    out = torch.randn(6, 1, 4, 4, generator=g)
+    loss = training_loss(lambda x, tt: out, x0, s, t, noise, prediction, gamma).double()
+    a, sd = levels(s, t, x0)
+    x0_hat, _ = to_x0_eps(out, a * x0 + sd * noise, a, sd, prediction)
+    x0_err = (x0_hat - x0).pow(2).flatten(1).mean(1).double()
+    snr = s.snr[t].double()
+    if gamma is None:  # unweighted: the target's own MSE, i.e. x0 error times SNR (ε), 1 (x0), SNR+1 (v)
+        factor = {"epsilon": snr, "sample": torch.ones_like(snr), "v_prediction": snr + 1}[prediction]
+    else:
+        factor = snr.clamp(max=gamma)
+    torch.testing.assert_close(loss, factor * x0_err, rtol=1e-4, atol=1e-7)
+
+
+def test_deadline_is_shared_and_plans_steps(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    d = Deadline(1.0)  # 60 s
+    clock[0] = 130.0
+    assert not d.passed(5)
+    assert d.planned_steps(done=10, timed_steps=10, timed_seconds=3.0) == 10 + 100  # 30 s left at 0.3 s/step
+    clock[0] = 160.0
+    assert d.passed(6)
+    assert not Deadline(None).passed(1)
+    # With several ranks, the decision is rank 0's (what broadcast returns), consulted every `every` steps.
+    seen = []
+
+    def broadcast(x):
+        seen.append(float(x[0]))
+        return torch.tensor([1.0], dtype=torch.float64)
+
+    d2 = Deadline(100.0, broadcast, world=2, every=10)
+    assert not d2.passed(7) and seen == []
+    assert d2.passed(10) and seen == [0.0]  # this rank's clock said no; rank 0 said yes
+
+
+def test_minutes_stops_saves_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(out=str(out), steps=100_000, minutes=0.04, batch_size=4, warmup=2, save_every=1000,
+                      log_every=1000, sample_every=0, num_sample_images=0)
+    res = train(cfg, progress=False)
+    assert 0 < res.step < 100_000  # the deadline, not the length, ended it
+    assert (out / "latest").read_text().strip() == f"step-{res.step:08d}"  # saved where it stopped
+    res2 = train(cfg, resume=True, progress=False)  # a new budget for the resumed invocation
+    assert res2.step > res.step
+    with pytest.raises(ValueError, match="needs a time budget"):
+        TrainConfig(steps="auto")
+
+
+def test_automatic_length_fits_the_budget(tmp_path):
+    out = tmp_path / "auto"
+    cfg = TrainConfig(out=str(out), steps="auto", minutes=0.04, batch_size=4, warmup=2, save_every=1000,
+                      log_every=1000, sample_every=0, num_sample_images=0)
+    res = train(cfg, progress=False)
+    stored = json.loads((out / "config.json").read_text())["train"]["steps"]
+    assert res.step >= 10 and isinstance(stored, int) and res.step <= stored  # planned, then kept to
+    if res.step == stored:  # finished its planned length: nothing is left to resume
+        with pytest.raises(ValueError, match="already has"):
+            train(cfg, resume=True, progress=False)
+
+
+def test_lr_before_the_automatic_length_is_known():
+    cfg = TrainConfig(steps="auto", minutes=1, lr=1.0, warmup=4)
+    assert lr_at(1, cfg) == pytest.approx(0.5) and lr_at(5, cfg) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", list(C.CLASSIFIERS))
+def test_shipped_classifier_recognises_real_images_not_noise(name):
+    net = C.load_classifier(name)
+    if name == "mnist":
+        d = np.load(C.ASSETS / "mnist_5k.npz")
+        x, y = d["x"][::5], d["y"][::5]  # digits it never saw
+    else:
+        x = np.stack([np.roll(np.eye(28, dtype=np.uint8) * 255, k, 1) for k in range(10)])  # no garment
+        y = None
+    noise = (torch.rand((500, 28, 28), generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    assert C.recognition(net, noise).rate < 0.05
+    if y is not None:
+        assert (C.predict(net, x).argmax(1).numpy() == y).mean() > 0.95
+        r = C.recognition(net, x)
+        assert r.rate > 0.8 and r.classes_seen == 10
+        assert C.classifier_fd(net, x[:500], x[500:]) < C.classifier_fd(net, x[:500], noise)
+
+
+def test_junk_targets():
+    x = torch.rand(20, 1, 28, 28) * 2 - 1
+    y = torch.arange(20) % 10
+    junk, soft = C._junk(x, y, 9, torch.Generator().manual_seed(0))
+    assert junk.shape == (9, 1, 28, 28) and soft.shape == (9, 10)
+    torch.testing.assert_close(soft.sum(1), torch.ones(9))
+    assert (soft[:6] == 0.1).all()  # noise and shuffled pixels: no class
+    assert set(soft[6:].unique().tolist()) <= {0.0, 0.5, 1.0}  # blends: half of each image's class
+
+
+def test_training_and_sampling_share_the_timestep_convention():
+    """A network exact under the training convention (x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε at index t) makes one DDIM
+    step from any t land on x0 exactly; an off-by-one between trainer and sampler would not."""
+    s = dk.NoiseSchedule.linear()
+    x0 = torch.rand(3, 1, 4, 4, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def exact(x, t):  # the ε that the training loss would call correct at index t
+        a, sd = levels(s, t, x0)
+        return (x - a * x0) / sd
+
+    for t in (1, 37, 500, 999):
+        a, sd = levels(s, torch.full((3,), t), x0)
+        out = dk.sample(exact, a * x0 + sd * eps, s, sampler="ddim", steps=[t], eta=0.0)
+        torch.testing.assert_close(out, x0, rtol=0, atol=1e-9)
+
+
+def test_trained_pipeline_samples_with_the_ema_weights(tmp_path):
+    from ddimkit.checkpoint import read_checkpoint
+
+    res = train(TrainConfig(out=str(tmp_path / "r"), steps=5, batch_size=4, warmup=1, save_every=5,
+                            sample_every=0, num_sample_images=0, log_every=1), progress=False)
+    ck = read_checkpoint(tmp_path / "r", ema=True)
+    for name, p in res.pipeline.model.state_dict().items():
+        torch.testing.assert_close(p.cpu(), ck["ema"][name].cpu())
+    assert any(not torch.equal(ck["ema"][k], ck["raw"][k]) for k in ck["raw"])
