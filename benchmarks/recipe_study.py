@@ -130,7 +130,7 @@ def main():
         t0 = time.perf_counter()
         result = dk.train(cfg, resume=(run / "latest").is_file(), progress=False)
         train_s = time.perf_counter() - t0
-        pipe = dk.load(run)
+        pipe = result.pipeline
         if x_held.shape[-1] != pipe.image_shape[-1]:
             from ddimkit.data import fit_images
             xh = to_model_range(fit_images(held[:512], pipe.image_shape[-1]))

@@ -59,7 +59,8 @@ def train_ddimkit(args, out: Path) -> tuple[dk.Pipeline, dict]:
     t0 = time.perf_counter()
     result = dk.train(dk.TrainConfig(**kw), progress=False)
     seconds = time.perf_counter() - t0
-    pipe = dk.load(out, device=result.pipeline.device, precision="bf16" if torch.cuda.is_available() else "fp32")
+    pipe = result.pipeline  # the EMA weights, as saved; sampled in the fast path's precision
+    pipe.precision = "bf16" if torch.cuda.is_available() else "fp32"
     return pipe, dict(steps=result.step, seconds=seconds, images_per_second=result.images_per_second,
                       params=sum(p.numel() for p in pipe.model.parameters()),
                       recipe=read_run_config(out)["train"])

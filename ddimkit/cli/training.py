@@ -174,13 +174,10 @@ def _demo_train(cfg, out: Path):
     latest = out / "latest"
     if not latest.is_file():
         return train(cfg)
-    stored = json.loads((out / "config.json").read_text())["train"]
+    stored = json.loads((out / "config.json").read_text())["train"]["steps"]
     done = int(latest.read_text().strip().split("-")[1])
-    same = {k: v for k, v in stored.items() if k not in ("out", "steps", "minutes")} == \
-           {k: v for k, v in vars(cfg).items() if k not in ("out", "steps", "minutes")}
-    if not same:
-        raise UsageError(f"{out} holds another run; remove it or choose another --out")
-    return train(cfg, resume=True) if not isinstance(stored["steps"], int) or done < stored["steps"] else None
+    # train() itself refuses to resume a run with other options (its resumability check).
+    return train(cfg, resume=True) if not isinstance(stored, int) or done < stored else None
 
 
 def cmd_demo(args):
@@ -195,7 +192,8 @@ def cmd_demo(args):
     t0 = time.perf_counter()
     result = _demo_train(cfg, out)
     train_s = time.perf_counter() - t0
-    pipe = load(out, device="cpu")
+    # train() already returns the EMA pipeline it saved; a reused finished run is read from disk.
+    pipe = result.pipeline.to("cpu") if result is not None else load(out, device="cpu")
     timings = {"train_seconds": round(train_s, 1)}
     if result is not None:
         timings["train_steps"] = result.step
