@@ -170,7 +170,11 @@ def recognition(net: DigitNet, images, threshold: float = 0.9) -> Recognition:
 
 def classifier_fd(net: DigitNet, images_a, images_b) -> float:
     """Fréchet distance between the classifier features of two image sets (the FID formula, other features)."""
-    from .metrics import feature_stats, fid_from_stats
+    import warnings
 
-    return fid_from_stats(feature_stats(classifier_features(net, images_a)),
-                          feature_stats(classifier_features(net, images_b)))
+    from .metrics import SmallSampleWarning, feature_stats, fid_from_stats
+
+    with warnings.catch_warnings():  # the warning's sizes are the Inception's 2,048 features, not these 128
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        return fid_from_stats(feature_stats(classifier_features(net, images_a)),
+                              feature_stats(classifier_features(net, images_b)))

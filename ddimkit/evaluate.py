@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -133,43 +132,67 @@ def _write_rows(path: Path, rows: list[dict], columns: Sequence[str]):
     atomic_write(path, write)
 
 
-def format_table(rows: list[dict], row_key: str, col_key: str, value_key: str, fmt: str = "{:.2f}",
+def format_table(rows: list[dict], row_key: str, col_key: str, value_key, fmt: str = "{:.2f}",
                  corner: str = "") -> str:
-    """A markdown table with one row per ``row_key`` value and one column per ``col_key`` value."""
+    """A markdown table with one row per ``row_key`` value and one column per ``col_key`` value.
+
+    ``value_key`` names the cell's field (formatted with ``fmt``), or is a function of the row giving its text.
+    """
     row_names = list(dict.fromkeys(r[row_key] for r in rows))
     cols = sorted({int(r[col_key]) for r in rows})
-    cell = {(r[row_key], int(r[col_key])): r[value_key] for r in rows}
+    text = value_key if callable(value_key) else (lambda r: fmt.format(float(r[value_key])))
+    cell = {(r[row_key], int(r[col_key])): text(r) for r in rows}
     lines = [f"| {corner} | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in row_names:
-        vals = [fmt.format(float(cell[name, c])) if (name, c) in cell else "–" for c in cols]
-        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell.get((name, c), "–") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-FID_COLUMNS = ("sampler", "eta", "steps", "row", "num", "fid", "sample_seconds", "images_per_second")
+FID_COLUMNS = ("sampler", "eta", "steps", "row", "num", "fid", "kid", "kid_std", "cfd", "sample_seconds",
+               "images_per_second")
+
+
+def _sweep_markdown(rows: list[dict], num: int, reference: str) -> str:
+    """One table per measure that the rows hold, then the sampling time."""
+    has = lambda key: [r for r in rows if r.get(key) not in (None, "")]  # noqa: E731
+    parts = []
+    if has("fid"):
+        parts.append(f"FID ({num} samples vs {reference}; lower is better)\n\n"
+                     + format_table(has("fid"), "row", "steps", "fid", corner="S →"))
+    if has("kid"):
+        parts.append(f"KID ± its standard deviation ({num} samples vs {reference}; lower is better)\n\n"
+                     + format_table(has("kid"), "row", "steps",
+                                    lambda r: f"{float(r['kid']):.4f} ± {float(r['kid_std']):.4f}", corner="S →"))
+    if has("cfd"):
+        parts.append(f"Classifier-FD ({num} samples vs {reference}; lower is better)\n\n"
+                     + format_table(has("cfd"), "row", "steps", "cfd", corner="S →"))
+    parts.append(f"Sampling seconds per cell ({num} images)\n\n"
+                 + format_table(rows, "row", "steps", "sample_seconds", "{:.1f}", corner="S →"))
+    return "\n".join(parts)
 
 
 def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], etas: Sequence = (0.0,),
               solvers: Sequence[str] = (), num: int = 1000, batch_size: int | None = None, seed: int = 0,
               inception=None, device=None, keep_samples: bool = True, progress: bool = True,
-              use_cache: bool = True) -> list[dict]:
-    """DDIM Table 1 on a model: FID of ``num`` samples per (η, steps) cell against ``reference``.
+              use_cache: bool = True, fid: bool = True, kid: bool = True, classifier: str | None = None) -> list[dict]:
+    """DDIM Table 1 on a model: FID, KID (± std) and optionally the classifier-FD of ``num`` samples per
+    (η, steps) cell against ``reference`` (:class:`ddimkit.scoring.CellScorer`).
 
     Rows are DDIM with each η (``"large"`` is the σ̂ row) and any extra deterministic ``solvers`` (e.g.
     ``dpmpp-2m``); columns are step counts. Every cell starts from the same seeded noise (under ``torchrun`` or
     ``accelerate launch``: image i from seed ``seed + i``, sampled and measured in shares across processes, rank 0
-    writing). Samples of a model
-    that pads smaller images are centre-cropped to the reference's size. Finished cells are read back from
-    ``out/fid.csv`` and not recomputed. Writes ``fid.csv``, ``fid.md`` and ``fid.json``. ``use_cache`` reads and
-    writes the reference statistics in ddimkit's cache (keyed by the pinned Inception weights, so pass False
-    with any other feature network).
+    writing). Samples of a model that pads smaller images are centre-cropped to the reference's size. Finished
+    cells are read back from ``out/fid.csv`` and not recomputed. Writes ``fid.csv``, ``fid.md`` and ``fid.json``.
+    ``use_cache`` reads and writes the reference's features in ddimkit's cache (keyed by the pinned Inception
+    weights, so pass False with any other feature network). ``fid``/``kid`` off with a ``classifier`` scores
+    with the classifier alone, with no Inception.
     """
-    from .sharded_metrics import stats_of_shares
+    from .scoring import CellScorer
     from .sharded_sampling import sample_for_evaluation
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ref_stats = image_set_stats(reference, inception, device=device, use_cache=use_cache, progress=progress)
+    score = CellScorer(reference, inception, device, fid, kid, classifier, use_cache, progress)
     size = reference.images.shape[-1] if reference.images is not None else None
     csv_path = out / "fid.csv"
     rows = D.on_main(_read_rows, csv_path)  # rank 0's file decides which cells are done
@@ -195,25 +218,18 @@ def fid_table(pipe, reference: ImageSet, out: str | Path, steps: Sequence[int], 
             everything = D.gather(x, "gathering the samples")
             if everything is not None:
                 save_npz(everything, out / "samples" / f"{sampler}-eta{eta}-steps{n_steps}.npz")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", metrics.SmallSampleWarning)
-            feats = metrics.inception_features(u8, inception, device=device)
-            value = metrics.fid_from_stats(ref_stats, stats_of_shares(feats))
+        scores = score(u8)
         rows.append(dict(sampler=sampler, eta=eta, steps=n_steps, row=_row_label(sampler, eta), num=num,
-                         fid=f"{value:.4f}", sample_seconds=f"{seconds:.2f}",
+                         **{k: f"{v:.6g}" for k, v in scores.items()}, sample_seconds=f"{seconds:.2f}",
                          images_per_second=f"{num / seconds:.2f}"))
         if D.is_main():
             _write_rows(csv_path, rows, FID_COLUMNS)
         if progress and D.is_main():
-            print(f"{_row_label(sampler, eta)}, {n_steps} steps: FID {value:.2f} ({seconds:.1f} s sampling)",
-                  flush=True)
+            said = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+            print(f"{_row_label(sampler, eta)}, {n_steps} steps: {said} ({seconds:.1f} s sampling)", flush=True)
     rows = [r for r in rows if int(r["num"]) == num]
-    md = (f"FID ({num} samples vs {reference.name}; lower is better)\n\n"
-          + format_table(rows, "row", "steps", "fid", corner="S →")
-          + f"\nSampling seconds per cell ({num} images)\n\n"
-          + format_table(rows, "row", "steps", "sample_seconds", "{:.1f}", corner="S →"))
     if D.is_main():
-        atomic_write(out / "fid.md", lambda p: p.write_text(md))
+        atomic_write(out / "fid.md", lambda p: p.write_text(_sweep_markdown(rows, num, reference.name)))
         write_json(out / "fid.json", {"reference": reference.name, "num": num, "rows": rows})
     return rows
 

@@ -618,8 +618,9 @@ def kid(features_a, features_b, subsets: int = 100, subset_size: int = 1000, see
         seed (`int`, *optional*, defaults to 0): seed of the subset draws.
 
     Returns:
-        `tuple[float, float]`: mean and standard deviation of the subset estimates. When both sets are no
-        larger than ``subset_size``, the estimate uses all of them and the deviation is a bootstrap's.
+        `tuple[float, float]`: mean and standard deviation of the subset estimates. When one set is no
+        larger than ``subset_size`` (so every subset holds all of it), the deviation is a bootstrap's, which
+        resamples both sides.
     """
     fa = _check_features(features_a, "features_a")
     fb = _check_features(features_b, "features_b")
@@ -633,12 +634,14 @@ def kid(features_a, features_b, subsets: int = 100, subset_size: int = 1000, see
         # say nothing about the spread: the standard deviation is the bootstrap's, of the same estimate.
         return _mmd2_unbiased(fa, fb), _kid_bootstrap_std(fa, fb, subsets, seed)
     rng = np.random.default_rng(seed)
-    vals = np.array(
-        [
-            _mmd2_unbiased(fa[rng.choice(fa.shape[0], m, replace=False)], fb[rng.choice(fb.shape[0], m, replace=False)])
-            for _ in range(subsets)
-        ]
-    )
+    draws = [(rng.choice(fa.shape[0], m, replace=False), rng.choice(fb.shape[0], m, replace=False))
+             for _ in range(subsets)]
+    vals = np.array([_mmd2_unbiased(fa[i], fb[j]) for i, j in draws])
+    if m in (fa.shape[0], fb.shape[0]):
+        # One side is whole in every subset, so the subsets show only the other side's spread (1,000
+        # samples against 10,000 reference images); a bootstrap of one m-against-m draw shows both.
+        i, j = draws[0]
+        return float(vals.mean()), _kid_bootstrap_std(fa[i], fb[j], subsets, seed)
     return float(vals.mean()), float(vals.std())
 
 

@@ -293,15 +293,18 @@ def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32
          compile: bool | str = "auto") -> Pipeline:
     """Load a model as a :class:`Pipeline`.
 
-    ``path`` is a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with
+    ``path`` is a shipped model's name (``"pretrained:mnist"``, ``"pretrained:fashion-mnist"``; see
+    :mod:`ddimkit.pretrained`), a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with
     ``model_index.json`` or ``unet/config.json``), or a hub id such as ``google/ddpm-cifar10-32``.
     ``ema`` picks the EMA weights when the checkpoint has them; ``precision`` and ``compile`` set the fast
     path (see :class:`Pipeline`).
     """
     from .checkpoint import read_checkpoint
 
+    from . import pretrained
+
     device = torch.device(device) if device is not None else default_device()
-    p = Path(path)
+    p = pretrained.resolve(path) if pretrained.is_pretrained(path) else Path(path)
     if (p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file() or not p.exists():
         from .diffusers_io import is_hub_id, load_diffusers
 

@@ -41,7 +41,7 @@ _SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for any r
 
 #: Peak learning rates by preset: the DDPM paper's 2e-4 (CIFAR-10) and 2e-5 (256×256); small networks on
 #: short CPU runs learn fastest near 4e-3 (measured: docs/training.md).
-DEFAULT_LR = {"basic-unet": 1e-3, "tiny": 4e-3, "mnist": 1e-3, "ddpm-cifar10": 2e-4, "ddpm-256": 2e-5}
+DEFAULT_LR = {"basic-unet": 1e-3, "tiny": 4e-3, "small": 2e-3, "mnist": 1e-3, "ddpm-cifar10": 2e-4, "ddpm-256": 2e-5}
 
 
 class TrainingError(RuntimeError):

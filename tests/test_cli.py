@@ -212,6 +212,12 @@ def test_demo_trains_for_its_minutes_scores_and_resumes(tmp_path, capsys):
     for key in ("ddim_50_recognised", "ddpm_1000_recognised"):
         assert 0.0 <= report[key] <= 1.0
     assert (out / "ddim_50.png").is_file() and (out / "ddpm_1000.png").is_file()
+    # the shipped model's part: every sampler scored, a round trip that gives the digits back, the figures
+    for key in ("ddpm_1000", "ddim_50", "ddim_20", "ddim_10"):
+        assert 0.0 <= report[f"pretrained_{key}_recognised"] <= 1.0
+    assert report["pretrained_inversion_mse"] <= 1e-3
+    for name in ("pretrained_samplers.png", "pretrained_inversion.png", "pretrained_fusion.png"):
+        assert (out / name).is_file()
     assert "recognised as digits" in capsys.readouterr().out
     # Run again: the finished (or budget-stopped) run is resumed or reused, never refused.
     assert main(["demo", "--out", str(out), "--minutes", "0.01", "--num", "2", "--num-ddpm", "1"]) == 0

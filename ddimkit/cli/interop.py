@@ -1,4 +1,5 @@
-"""``ddimkit export`` (to a diffusers folder) and ``ddimkit convert`` (to a native checkpoint)."""
+"""``ddimkit export`` (to a diffusers folder), ``ddimkit convert`` (to a native checkpoint) and
+``ddimkit pretrained`` (the models that ship inside the package)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ def register(sub):
     add_ckpt_args(p)
     p.add_argument("--out", required=True, help="output run folder")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("pretrained", help="list the models that ship with ddimkit, with their measured quality",
+                       description="List the shipped models. Each loads offline by name wherever a checkpoint "
+                                   "does: --ckpt pretrained:NAME, dk.load('pretrained:NAME').")
+    p.add_argument("--json", action="store_true", help="print the model cards as JSON")
+    p.set_defaults(func=cmd_pretrained)
 
 
 def cmd_export(args):
@@ -42,3 +49,23 @@ def cmd_convert(args):
     write_json(out / "config.json", config)
     ck = save_checkpoint(out, 0, pipe.model.state_dict(), config)
     print(f"wrote a ddimkit checkpoint to {ck}")
+
+
+def cmd_pretrained(args):
+    import json
+
+    from .. import pretrained
+
+    cards = [pretrained.card(n) for n in pretrained.names()]
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return
+    for c in cards:
+        size = (pretrained.resolve(c["name"]) / "model.safetensors").stat().st_size / 1e6
+        print(f"{pretrained.PREFIX}{c['name']}: {c['description']}")
+        print(f"  network: {c['network']}, {c['params']:,} parameters, {size:.1f} MB (fp16 EMA weights)")
+        print(f"  data:    {c['data']} (sha256 {c['data_sha256'][:12]}...)")
+        print(f"  trained: {c['step']:,} steps, {c['training']}")
+        for label, value in c.get("quality", {}).items():
+            print(f"  {label}: {value}")
+        print(f"  command: {c['command']}")

@@ -1,12 +1,9 @@
-"""``ddimkit train``, ``ddimkit toy`` and ``ddimkit demo``."""
+"""``ddimkit train`` and ``ddimkit toy``."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from dataclasses import fields
-from pathlib import Path
 
 import torch
 
@@ -74,17 +71,6 @@ def register(sub):
     p.add_argument("--num", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_toy)
-
-    p = sub.add_parser("demo", help="the main job on the bundled data: train, sample DDIM and DDPM, score",
-                       description="Train the default recipe on the bundled 5,000 MNIST digits for a fixed time (CPU, "
-                                   "offline), sample with DDIM (50 steps, η=0) and DDPM (1000 steps), and report how "
-                                   "many samples the shipped digit classifier recognises.")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=positive_float, default=DEMO["minutes"],
-                   help="training time in minutes (default: %(default)s)")
-    p.add_argument("--num", type=positive_int, default=256, help="DDIM-50 samples (default: %(default)s)")
-    p.add_argument("--num-ddpm", type=positive_int, default=32, help="DDPM-1000 samples (default: %(default)s)")
-    p.set_defaults(func=cmd_demo)
 
 
 def gamma_arg(text: str) -> float | None:
@@ -158,59 +144,3 @@ def cmd_toy(args):
                                      "toy": vars(args) | {"func": None}, "final_loss": losses[-1]})
     print(f"trained the toy BasicUNet for {args.steps} steps (final loss {losses[-1]:.4f}); wrote samples.png, "
           f"process.png, loss.png and the weights to {out}")
-
-
-# The demo: the default recipe on the bundled digits for a fixed time, so that `make demo` (environment
-# included) ends within 6 minutes on 2 CPU cores of either kind (AVX-512 or AVX2 only); a slower machine
-# trains fewer steps rather than taking longer.
-DEMO = dict(data="mnist-5k", minutes=3.25, steps="auto", save_every=250, sample_every=0, log_every=10,
-            num_sample_images=0, seed=0)
-
-
-def _demo_train(cfg, out: Path):
-    """Train, or resume an interrupted demo run, or reuse a finished one (None)."""
-    from ..train import train
-
-    latest = out / "latest"
-    if not latest.is_file():
-        return train(cfg)
-    stored = json.loads((out / "config.json").read_text())["train"]["steps"]
-    done = int(latest.read_text().strip().split("-")[1])
-    # train() itself refuses to resume a run with other options (its resumability check).
-    return train(cfg, resume=True) if not isinstance(stored, int) or done < stored else None
-
-
-def cmd_demo(args):
-    from ..classifier import load_classifier, recognition
-    from ..data import to_uint8
-    from ..pipeline import load
-    from ..train import TrainConfig
-    from ..viz import save_grid
-
-    out = writable_dir(args.out)
-    cfg = TrainConfig(**{**DEMO, "minutes": args.minutes, "out": str(out)})
-    t0 = time.perf_counter()
-    result = _demo_train(cfg, out)
-    train_s = time.perf_counter() - t0
-    # train() already returns the EMA pipeline it saved; a reused finished run is read from disk.
-    pipe = result.pipeline.to("cpu") if result is not None else load(out, device="cpu")
-    timings = {"train_seconds": round(train_s, 1)}
-    if result is not None:
-        timings["train_steps"] = result.step
-        timings["train_images_per_second"] = round(result.images_per_second, 1)
-    digits = load_classifier("mnist")
-    for sampler, steps, num in (("ddim", 50, args.num), ("ddpm", 1000, args.num_ddpm)):
-        t1 = time.perf_counter()
-        x = pipe.sample(num, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0),
-                        progress=True)
-        timings[f"{sampler}_{steps}_seconds"] = round(time.perf_counter() - t1, 1)
-        r = recognition(digits, to_uint8(x))
-        timings[f"{sampler}_{steps}_recognised"] = round(r.rate, 3)
-        timings[f"{sampler}_{steps}_classes"] = r.classes_seen
-        path = save_grid(x[:64], out / f"{sampler}_{steps}.png", nrow=8, scale=2)
-        print(f"wrote {path}: {r.rate:.0%} of {num} recognised as digits (confidence >= 0.9), "
-              f"{r.classes_seen} of 10 classes")
-    from ..checkpoint import write_json
-
-    write_json(out / "demo.json", timings)
-    print("demo done: " + ", ".join(f"{k} {v}" for k, v in timings.items()))

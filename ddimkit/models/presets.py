@@ -46,6 +46,17 @@ _PRESETS: dict[str, tuple[type[nn.Module], int, int, dict]] = {
         norm_num_groups=4,
         attention_head_dim=32,
     )),
+    # `tiny` twice as wide (16-32-64), 686,769 parameters: the shipped Fashion-MNIST model's network, for
+    # long runs where textures need the width; 0.40x tiny's training speed per image on one CPU thread
+    # (benchmarks/arch_speed.py).
+    "small": (UNet, 1, 28, dict(
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=32,
+    )),
     # google/ddpm-cifar10-32: 35,746,307 parameters.
     "ddpm-cifar10": (UNet, 3, 32, dict(
         _DDPM_COMMON,
