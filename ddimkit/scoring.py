@@ -111,5 +111,7 @@ class CellScorer:
             from .classifier import classifier_features
 
             local = classifier_features(self.classifier, u8)
-            out["cfd"] = metrics.fid_from_stats(self.ref_cls, stats_of_shares(local))
+            with warnings.catch_warnings():  # its sizes are the Inception's 2,048 features, not these 128
+                warnings.simplefilter("ignore", metrics.SmallSampleWarning)
+                out["cfd"] = metrics.fid_from_stats(self.ref_cls, stats_of_shares(local))
         return out

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import evaluate, explore, generate, interop, training
+from . import app, demo, evaluate, explore, generate, interop, training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "invert, interpolate, evaluate. Every command has --help.")
     parser.add_argument("--version", action="version", version=f"ddimkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (training, generate, evaluate, interop, explore):
+    for module in (training, demo, generate, evaluate, interop, explore, app):
         module.register(sub)
     return parser
 
