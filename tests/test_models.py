@@ -128,7 +128,7 @@ def test_tiny_preset_matches_diffusers_layout(diffusers):
            [(k, v.shape) for k, v in ref.state_dict().items()]
 
 
-@pytest.mark.parametrize("name,size", [("mnist", 28), ("ddpm-cifar10", 32), ("ddpm-256", 32)])
+@pytest.mark.parametrize("name,size", [("mnist", 28), ("small", 28), ("ddpm-cifar10", 32), ("ddpm-256", 32)])
 def test_forward_parity_presets(name, size, diffusers):
     ours, ref = _pair(diffusers, _preset_config(name))
     torch.manual_seed(0)
@@ -186,9 +186,9 @@ def test_basic_unet():
 
 
 def test_preset_defaults():
-    assert set(PRESETS) == {"basic-unet", "mnist", "tiny", "ddpm-cifar10", "ddpm-256"}
+    assert set(PRESETS) == {"basic-unet", "mnist", "tiny", "small", "ddpm-cifar10", "ddpm-256"}
     with torch.device("meta"):
-        for name, channels, size in [("basic-unet", 1, 28), ("mnist", 1, 28), ("tiny", 1, 28),
+        for name, channels, size in [("basic-unet", 1, 28), ("mnist", 1, 28), ("tiny", 1, 28), ("small", 1, 28),
                                      ("ddpm-cifar10", 3, 32), ("ddpm-256", 3, 256)]:
             config = create_model(name).config
             assert (config["in_channels"], config["out_channels"], config["sample_size"]) == (channels, channels, size)

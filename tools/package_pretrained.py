@@ -48,8 +48,8 @@ def main():
     fields["command"] = TRAIN.format(**fields.pop("args"))
     cfg = read_run_config(args.run)["train"]
     lr = cfg["lr"] or DEFAULT_LR[cfg["model"]]
-    fields["training"] = (f"batch {cfg['batch_size']}, peak lr {lr:g}, {cfg['minutes']:g} minutes on one thread "
-                          "of a 2-core CPU")
+    fields["training"] = (f"batch {cfg['batch_size']}, peak lr {lr:g}, within a {cfg['minutes']:g}-minute budget on "
+                          "one thread of a 2-core CPU")
     if args.quality:
         q = read_json(args.quality)
         fields["quality"] = q["summary"]

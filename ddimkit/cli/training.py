@@ -19,7 +19,8 @@ def register(sub):
                                    "atomically to --out; --resume continues a run exactly.")
     p.add_argument("--data", default=d.data,
                    help="mnist-5k (bundled), mnist, fashion-mnist, cifar10 (online), folder:PATH, npz:PATH[:KEY]")
-    p.add_argument("--model", default=d.model, help="tiny, mnist, ddpm-cifar10, ddpm-256 (default: %(default)s)")
+    p.add_argument("--model", default=d.model,
+                   help="tiny, small, mnist, ddpm-cifar10, ddpm-256 (default: %(default)s)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--steps", type=steps_arg, default=None,
