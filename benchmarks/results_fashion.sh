@@ -45,7 +45,7 @@ kid)
     for e in noising reconstruction interpolation; do  # these take real images
         ddimkit explore $e --ckpt $M --data "npz:$D:x_test" --out "$OUT/figures"
     done
-    ddimkit sweep --ckpt $M $REF $CLS --num 500 --steps 10,20,50 --eta 0,1 --seed 1000 \
+    ddimkit sweep --ckpt $M $REF $CLS --num 500 --steps 10,20,50 --eta 0,0.2,1 --seed 1000 \
         --out "$OUT/table1-seed1000"
     ddimkit fid "$OUT/table1/samples/ddim-eta1.0-steps50.npz" "npz:$D:x_test" --num 500 --num-b 2000 --kid \
         | tee "$OUT/kid/ddim-eta1-50.txt"
