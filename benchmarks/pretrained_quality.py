@@ -40,14 +40,15 @@ def _real(args, n: int, n_ref: int) -> torch.Tensor:
     return every[n_ref:n_ref + n]
 
 
-def _kid(a: torch.Tensor, ref_spec: str, num_ref: int) -> tuple[float, float]:
+def _kids(sets: list[torch.Tensor], ref_spec: str, num_ref: int) -> list[tuple[float, float]]:
+    """KID ± std of each image set against the reference, with one Inception and one pass over the reference."""
     from ddimkit import metrics
     from ddimkit.evaluate import read_image_set
     from ddimkit.scoring import image_set_features
 
     model = metrics.load_inception(metrics.inception_path())
     ref = image_set_features(read_image_set(ref_spec, num_ref), model)  # cached, as `ddimkit sweep` caches it
-    return metrics.kid(metrics.inception_features(a, model), ref)
+    return [metrics.kid(metrics.inception_features(a, model), ref) for a in sets]
 
 
 def main():
@@ -78,8 +79,7 @@ def main():
                "recognised": f"{rec.rate:.1%} with confidence ≥ 0.9, {rec.classes_seen} classes ({s}; real "
                              f"images: {rec_real.rate:.1%})"}
     if args.kid:
-        r["kid"], r["kid_std"] = _kid(x, args.ref, n_ref)
-        r["kid_real"], r["kid_real_std"] = _kid(real, args.ref, n_ref)
+        (r["kid"], r["kid_std"]), (r["kid_real"], r["kid_real_std"]) = _kids([x, real], args.ref, n_ref)
         summary["KID"] = (f"{r['kid']:.4f} ± {r['kid_std']:.4f} ({s}; real images: {r['kid_real']:.4f} ± "
                           f"{r['kid_real_std']:.4f})")
     r["summary"] = summary

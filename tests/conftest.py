@@ -17,3 +17,13 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    """A pipeline whose ε̂ is the ideal one for data N(0, 0.25 I): smooth and exact, unlike a tiny trained model."""
+    import ddimkit as dk
+    from oracles import Gaussian
+
+    s = dk.NoiseSchedule.linear()
+    return dk.Pipeline(Gaussian(s, 0.0, 0.25), s, "epsilon", config={"data": {"spec": "mnist-5k", "image_size": 28}})

@@ -22,7 +22,6 @@ from ddimkit import pretrained
 from ddimkit.app_models import Models, defaults
 from ddimkit.cli import main
 from ddimkit.metrics import reconstruction_mse
-from oracles import Gaussian
 
 T = 100  # the tiny model's schedule: a DDPM with all T steps stays quick
 
@@ -38,12 +37,6 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(run_dir):
     return dk.load(run_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    s = dk.NoiseSchedule.linear()
-    return dk.Pipeline(Gaussian(s, 0.0, 0.25), s, "epsilon", config={"data": {"spec": "mnist-5k", "image_size": 28}})
 
 
 def _digit(d: int) -> np.ndarray:

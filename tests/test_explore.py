@@ -15,7 +15,6 @@ import ddimkit as dk
 from ddimkit import explore as ex
 from ddimkit.cli import explore as explore_cli
 from ddimkit.metrics import reconstruction_mse
-from oracles import Gaussian
 
 from ddimkit.cli import main as cli_main_fn
 from ddimkit.cli.main import build_parser
@@ -32,13 +31,6 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(run_dir):
     return dk.load(run_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    """A pipeline whose ε̂ is the ideal one for data N(0, 0.25 I): smooth and exact, unlike the tiny model."""
-    s = dk.NoiseSchedule.linear()
-    return dk.Pipeline(Gaussian(s, 0.0, 0.25), s, "epsilon", config={"data": {"spec": "mnist-5k", "image_size": 28}})
 
 
 @pytest.fixture
