@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,7 @@ def main():
     ap.add_argument("--train-batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=3, help="timed repetitions")
     ap.add_argument("--train-iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="warm-train rows take turns this many times")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: warm, warm-train, cold, train")
     ap.add_argument("--cold-n", type=int_list, default=[256, 4096, 50000], help="images per cold run")
     ap.add_argument("--cold-modes", default="default,compile,no-compile")
@@ -258,13 +260,24 @@ def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):
                 [("diffusers UNet2DModel bf16 autocast", bf16)] if cuda else []):
             train_runs[label] = lambda dtype=dtype: training_step(diffusers.UNet2DModel(**cfg).to(device).train(),
                                                                   args.train_batch, device, dtype)
-    for label, make in train_runs.items():
-        _check(deadline, label)
-        sec = timed(make(), device, warmup=3, iters=args.train_iters)
-        ips = args.train_batch / sec
-        res["training"][label] = {"images_per_second": ips, "tflops": ips * 3 * flops / 1e12}
-        print(f"training  {label:40s} {ips:10.1f} img/s", flush=True)
-        write(res, out)
+    # The rows take turns, round after round, so that a machine whose speed drifts (other jobs, clocks) moves
+    # them all alike; each row reports its median, and every row its per-round ratio to the first row.
+    steps, rounds = {}, {label: [] for label in train_runs}
+    for r in range(args.rounds):
+        for label, make in train_runs.items():
+            _check(deadline, label)
+            if label not in steps:
+                steps[label] = make()
+            sec = timed(steps[label], device, warmup=3 if r == 0 else 1, iters=args.train_iters)
+            rounds[label].append(args.train_batch / sec)
+            ips = statistics.median(rounds[label])
+            first = rounds[next(iter(train_runs))]
+            ratios = [a / b for a, b in zip(rounds[label], first)]
+            res["training"][label] = {"images_per_second": ips, "tflops": ips * 3 * flops / 1e12,
+                                      "rounds": rounds[label], "ratio_to_first_row": statistics.median(ratios)}
+            print(f"training  {label:40s} {rounds[label][-1]:10.1f} img/s (round {r + 1}; median ratio to the "
+                  f"first row {statistics.median(ratios):.3f})", flush=True)
+            write(res, out)
 
 
 def _sampling_row(res, label, args, sec, flops):

@@ -17,7 +17,8 @@ from .schedule import NoiseSchedule
 
 __all__ = [
     "PREDICTION_TYPES", "check_prediction_type", "levels", "add_noise", "to_x0_eps", "prediction_target",
-    "posterior_coefficients", "posterior_mean_variance", "ddpm_mean_from_eps", "loss_weight", "training_loss",
+    "posterior_coefficients", "posterior_mean_variance", "ddpm_mean_from_eps", "loss_weight", "timestep_probabilities",
+    "training_loss",
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -135,18 +136,45 @@ def loss_weight(snr: torch.Tensor, prediction_type: str, min_snr_gamma: float | 
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 
+def timestep_probabilities(schedule: NoiseSchedule, min_snr_gamma: float | None,
+                           uniform_share: float = 0.1) -> torch.Tensor:
+    """Importance sampling of training timesteps, float64, summing to 1: p(t) ∝ min(SNR_t, γ), mixed with
+    ``uniform_share`` of the uniform distribution.
+
+    With uniform t, min-SNR-γ spends much of a batch where its weight is small: on the linear schedule,
+    t > 600 weighs under a tenth of t < 400. Drawing t from p and dividing each sample's loss by T·p(t)
+    (``training_loss(..., probabilities=p)``) keeps the expected loss, and so the expected gradient, that
+    of uniform t, while the samples' weights become nearly equal (lower variance). The uniform share keeps
+    every t drawn, the zero-SNR end of a rescaled schedule included. ``None`` (unweighted) gives uniform t.
+    """
+    if not 0 < uniform_share <= 1:
+        raise ValueError(f"uniform_share must lie in (0, 1], got {uniform_share}")
+    snr = schedule.snr.to(torch.float64)
+    w = torch.ones_like(snr) if min_snr_gamma is None else snr.clamp(max=float(min_snr_gamma))
+    return (1 - uniform_share) * w / w.sum() + uniform_share / len(w)
+
+
 def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Tensor, noise: torch.Tensor,
-                  prediction_type: str = "epsilon", min_snr_gamma: float | None = None) -> torch.Tensor:
+                  prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
+                  probabilities: torch.Tensor | None = None, input_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample denoising loss: ‖model(x_t, t) - target‖² averaged over pixels (DDPM eq. 14, L_simple).
 
-    The caller draws ``t`` (uniform over [0, T)) and ``noise`` so that randomness stays explicit.
-    Returns a tensor of shape (B,); take ``.mean()`` for the batch loss.
+    The caller draws ``t`` and ``noise`` so that randomness stays explicit: ``t`` uniform over [0, T), or
+    from ``probabilities`` (:func:`timestep_probabilities`), whose samples are then weighted by 1/(T p(t))
+    so that the expected loss is the uniform one. ``input_noise``, when given, replaces ``noise`` in the
+    network's input x_t only, the target keeping ``noise``: input perturbation (Ning et al. 2023, eq. 9),
+    which trains the network on inputs a little off the forward process, as a sampler's own errors make
+    them. Returns a tensor of shape (B,); take ``.mean()`` for the batch loss.
     """
     prediction_type = check_prediction_type(prediction_type)
     a, s = levels(schedule, t, x0)
-    out = model(a * x0 + s * noise, t)
+    out = model(a * x0 + s * (noise if input_noise is None else input_noise), t)
     out = getattr(out, "sample", out)
     target = prediction_target(x0, noise, a, s, prediction_type)
     per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)
     snr = schedule.snr[t.cpu()].to(per_sample.device, per_sample.dtype)
-    return per_sample * loss_weight(snr, prediction_type, min_snr_gamma)
+    weight = loss_weight(snr, prediction_type, min_snr_gamma)
+    if probabilities is not None:
+        p = probabilities[t.cpu()].to(per_sample.device, per_sample.dtype)
+        weight = weight / (schedule.num_train_timesteps * p)
+    return per_sample * weight

@@ -30,7 +30,7 @@ from .checkpoint import read_checkpoint, save_checkpoint, write_json
 from .compile_policy import check_compile
 from .compiled_net import compile_for_training
 from .data import to_model_range
-from .diffusion import check_prediction_type, training_loss
+from .diffusion import check_prediction_type, timestep_probabilities, training_loss
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
 
@@ -66,6 +66,11 @@ class TrainConfig:
         ema_decay, ema_warmup: EMA decay; with warm-up the decay is min(decay, (1+k)/(10+k)).
         prediction: ``eps``, ``x0`` or ``v`` (aliases of epsilon, sample, v_prediction).
         min_snr_gamma: min-SNR-γ loss weighting, or None for plain MSE.
+        timestep_sampling: ``uniform`` t, or ``importance``: t drawn in proportion to the min-SNR weight,
+            each loss divided by T·p(t), the same expected loss with less variance
+            (:func:`~ddimkit.diffusion.timestep_probabilities`).
+        input_perturbation: γ of input perturbation (Ning et al. 2023): the network sees x_t made with
+            ε + γξ (ξ fresh noise) and is trained on the target of ε; 0 turns it off.
         schedule, num_train_timesteps, beta_start, beta_end: the noise schedule.
         image_size, channels: fit the data to this size / channel count (default: from the data).
         flip: random horizontal flips.
@@ -95,6 +100,8 @@ class TrainConfig:
     ema_warmup: bool = True
     prediction: str = "x0"
     min_snr_gamma: float | None = 0.25
+    timestep_sampling: str = "uniform"
+    input_perturbation: float = 0.0
     schedule: str = "linear"
     num_train_timesteps: int = 1000
     beta_start: float | None = None
@@ -120,6 +127,10 @@ class TrainConfig:
         if self.min_snr_gamma is not None and not (isinstance(self.min_snr_gamma, (int, float))
                                                    and self.min_snr_gamma > 0):
             raise ValueError(f"min_snr_gamma must be a positive number or None, got {self.min_snr_gamma!r}")
+        if self.timestep_sampling not in ("uniform", "importance"):
+            raise ValueError(f"timestep_sampling must be uniform or importance, got {self.timestep_sampling!r}")
+        if not 0 <= self.input_perturbation <= 1:
+            raise ValueError(f"input_perturbation must lie in [0, 1], got {self.input_perturbation}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         for name in ("steps", "batch_size"):
@@ -198,6 +209,29 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     total = cfg.steps if isinstance(cfg.steps, int) else step + 1_000_000
     progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSchedule,
+               probs: torch.Tensor | None) -> tuple:
+    """Step k's whole batch (x0, noise, perturbed noise or None, t), drawn from the step's own seed.
+
+    Every process draws the same global batch and keeps its shard, so a run's images and noise do not
+    depend on the number of processes, and a resumed run draws what an uninterrupted one would.
+    """
+    g = torch.Generator().manual_seed(cfg.seed * _SEED_STRIDE + k)
+    idx = batch_indices(k, cfg.batch_size, len(images), cfg.seed)
+    t = (torch.randint(0, schedule.num_train_timesteps, (cfg.batch_size,), generator=g) if probs is None
+         else torch.multinomial(probs, cfg.batch_size, replacement=True, generator=g))
+    x0 = to_model_range(images[idx])
+    noise = torch.randn(x0.shape, generator=g)
+    if cfg.flip:
+        flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+        x0 = torch.where(flip.reshape(-1, 1, 1, 1), x0.flip(3), x0)
+    noisy = None
+    if cfg.input_perturbation:
+        # drawn after the flips, so that a run without perturbation draws exactly what it always did
+        noisy = noise + cfg.input_perturbation * torch.randn(x0.shape, generator=g)
+    return x0, noise, noisy, t
 
 
 def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None = None,
@@ -325,27 +359,22 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     # of it: the first plan lets the cosine start, the later ones follow a pace that drifts (caches, clocks).
     plan_at = {start + k for k in (10, 100, 1000)} if cfg.steps == "auto" else set()
 
+    probs = (timestep_probabilities(schedule, cfg.min_snr_gamma) if cfg.timestep_sampling == "importance"
+             else None)
     model.train()
     step = start
     try:
         while not isinstance(cfg.steps, int) or step < cfg.steps:
             step += 1
             k = step - 1  # 0-based index: seeds and the learning rate depend on it alone
-            g = torch.Generator().manual_seed(cfg.seed * _SEED_STRIDE + k)
-            idx = batch_indices(k, cfg.batch_size, len(images), cfg.seed)
-            t = torch.randint(0, schedule.num_train_timesteps, (cfg.batch_size,), generator=g)
-            x0 = to_model_range(images[idx])
-            noise = torch.randn(x0.shape, generator=g)
-            if cfg.flip:
-                flip = torch.rand(cfg.batch_size, generator=g) < 0.5
-                x0 = torch.where(flip.reshape(-1, 1, 1, 1), x0.flip(3), x0)
-            shard = slice(rank * local, (rank + 1) * local)
-            x0, noise, t = x0[shard].to(device), noise[shard].to(device), t[shard].to(device)
+            x0, noise, noisy, t = (None if v is None else v[rank * local:(rank + 1) * local].to(device)
+                                   for v in draw_batch(cfg, k, images, schedule, probs))
             torch.manual_seed(cfg.seed * _SEED_STRIDE + k)  # dropout
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(k, cfg)
             with accelerator.autocast():
-                loss = training_loss(net, x0, schedule, t, noise, prediction_type, cfg.min_snr_gamma).mean()
+                loss = training_loss(net, x0, schedule, t, noise, prediction_type, cfg.min_snr_gamma,
+                                     probs, noisy).mean()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if cfg.grad_clip:

@@ -10,8 +10,8 @@ import torch
 import ddimkit as dk
 from ddimkit import classifier as C
 from ddimkit.deadline import Deadline
-from ddimkit.diffusion import levels, to_x0_eps, training_loss
-from ddimkit.train import TrainConfig, lr_at, train
+from ddimkit.diffusion import levels, timestep_probabilities, to_x0_eps, training_loss
+from ddimkit.train import TrainConfig, draw_batch, lr_at, train
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
@@ -33,6 +33,90 @@ def test_min_snr_loss_is_the_x0_error_weighted_by_min_snr(prediction, gamma):
     else:
         factor = snr.clamp(max=gamma)
     torch.testing.assert_close(loss, factor * x0_err, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("gamma", [None, 0.25])
+def test_importance_sampled_timesteps_keep_the_expected_loss(prediction, gamma):
+    """Σ_t p(t)·loss_p(t) equals the uniform average of loss(t): the 1/(T p) correction is exact."""
+    s = dk.NoiseSchedule.linear()
+    T = s.num_train_timesteps
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(T, 1, 4, 4, generator=g), torch.randn(T, 1, 4, 4, generator=g)
+    out = torch.randn(T, 1, 4, 4, generator=g)
+    t = torch.arange(T)
+    p = timestep_probabilities(s, gamma)
+    uniform = training_loss(lambda x, tt: out, x0, s, t, noise, prediction, gamma).double()
+    weighted = training_loss(lambda x, tt: out, x0, s, t, noise, prediction, gamma, probabilities=p).double()
+    torch.testing.assert_close((p * weighted).sum(), uniform.mean(), rtol=1e-5, atol=0)
+    # the correction changes the per-sample weights where p is not uniform
+    assert torch.allclose(weighted, uniform) == (gamma is None)
+
+
+def test_importance_probabilities_follow_min_snr():
+    s = dk.NoiseSchedule.linear()
+    p = timestep_probabilities(s, 0.25, uniform_share=0.1)
+    w = s.snr.double().clamp(max=0.25)
+    torch.testing.assert_close(p, 0.9 * w / w.sum() + 0.1 / 1000)
+    assert float(p.sum()) == pytest.approx(1.0)
+    assert p[100] / p[900] > 15  # the batch goes where the weight is (the uniform share sets the floor)
+    torch.testing.assert_close(timestep_probabilities(s, None), torch.full((1000,), 1e-3, dtype=torch.float64))
+    # a zero-terminal-SNR schedule still draws its last step
+    z = dk.NoiseSchedule.linear(rescale_zero_terminal_snr=True)
+    assert float(z.snr[-1]) == 0 and float(timestep_probabilities(z, 0.25)[-1]) > 0
+    with pytest.raises(ValueError, match="uniform_share"):
+        timestep_probabilities(s, 0.25, uniform_share=0)
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        TrainConfig(timestep_sampling="loss")
+
+
+def test_importance_sampled_training_draws_its_timesteps(tmp_path, monkeypatch):
+    """train() draws t from p (the small-weight end of the schedule rarely), and the run resumes."""
+    seen = []
+    real = torch.multinomial
+
+    def spy(probs, n, **kw):
+        out = real(probs, n, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    cfg = TrainConfig(out=str(tmp_path / "is"), steps=4, batch_size=64, warmup=1, save_every=2, log_every=1,
+                      sample_every=0, num_sample_images=0, timestep_sampling="importance")
+    train(cfg, progress=False)
+    t = torch.cat(seen)
+    assert len(t) == 4 * 64
+    assert (t > 700).float().mean() < 0.1  # uniform t would put 30% there
+    train(TrainConfig(**{**cfg.__dict__, "steps": 6}), resume=True, progress=False)
+    assert len(torch.cat(seen)) == 6 * 64
+
+
+def test_input_perturbation_moves_the_input_not_the_target():
+    """Ning et al. (2023): x_t is made with the perturbed noise, the target keeps the drawn one."""
+    s = dk.NoiseSchedule.linear()
+    g = torch.Generator().manual_seed(0)
+    x0, noise, other = (torch.randn(3, 1, 4, 4, generator=g) for _ in range(3))
+    t = torch.tensor([10, 400, 900])
+    a, sd = levels(s, t, x0)
+    identity = lambda x, tt: x  # noqa: E731 - a network that returns its input
+    for prediction, target in (("sample", x0), ("epsilon", noise)):
+        loss = training_loss(identity, x0, s, t, noise, prediction, None, input_noise=other)
+        expected = (a * x0 + sd * other - target).pow(2).flatten(1).mean(1)
+        torch.testing.assert_close(loss, expected)
+
+
+def test_draw_batch_adds_perturbation_without_changing_the_rest():
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    s = dk.NoiseSchedule.linear()
+    plain = draw_batch(TrainConfig(batch_size=8, flip=True), 3, images, s, None)
+    ip = draw_batch(TrainConfig(batch_size=8, flip=True, input_perturbation=0.1), 3, images, s, None)
+    assert plain[2] is None
+    for a, b in zip(plain[:2] + plain[3:], ip[:2] + ip[3:]):
+        assert torch.equal(a, b)  # the images, noise and t of a run do not depend on the option
+    d = ip[2] - ip[1]
+    assert 0.05 < float(d.std()) < 0.15  # γ = 0.1 times unit noise
+    with pytest.raises(ValueError, match="input_perturbation"):
+        TrainConfig(input_perturbation=-0.1)
 
 
 def test_deadline_is_shared_and_plans_steps(monkeypatch):

@@ -40,6 +40,10 @@ def register(sub):
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction)
     p.add_argument("--min-snr-gamma", type=gamma_arg, default=d.min_snr_gamma,
                    help="min-SNR-γ loss weighting, or 'off' (default: %(default)s)")
+    p.add_argument("--timestep-sampling", choices=("uniform", "importance"), default=d.timestep_sampling,
+                   help="draw t uniformly, or in proportion to its loss weight (default: %(default)s)")
+    p.add_argument("--input-perturbation", type=float, default=d.input_perturbation, metavar="GAMMA",
+                   help="train on x_t made with noise + GAMMA x fresh noise (0: off; default: %(default)s)")
     p.add_argument("--schedule", choices=("linear", "scaled-linear", "cosine", "sigmoid"), default=d.schedule)
     p.add_argument("--timesteps", type=positive_int, default=d.num_train_timesteps, help="training timesteps T")
     p.add_argument("--beta-start", type=positive_float, default=None)

@@ -1,0 +1,93 @@
+"""Where a trained network's deterministic sampler loses: η = 0 against η = 1 by step count, and split runs.
+
+    python benchmarks/sampler_diagnosis.py --ckpt pretrained:mnist --classifier mnist --num 256
+    python benchmarks/sampler_diagnosis.py --ckpt runs/x --only split --switch 700,400,150
+
+Every cell starts from the same noise (seed 0) and is scored by the shipped classifier: the share of samples
+recognised with confidence ≥ 0.9, and the classes among them.
+
+- ``steps``: DDIM η = 0 at 50, 200 and 1,000 steps (if they agree, the grid is not what limits η = 0),
+  DDIM η = 1 at 50 and 200, and DDPM at 1,000.
+- ``split``: 100 DDIM steps, with η = 1 above a switch timestep and η = 0 below it, and the other way round.
+  Where the noise helps, the deterministic path meets the network's errors.
+
+One JSON line per cell goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import ddimkit as dk
+from ddimkit import classifier as C
+from ddimkit.data import to_uint8
+from ddimkit.denoiser import Denoiser
+from ddimkit.noise import randn
+from ddimkit.samplers import sample_ddim
+from ddimkit.schedule import timesteps
+
+STEP_CELLS = (("ddim", 50, 0.0), ("ddim", 200, 0.0), ("ddim", 1000, 0.0), ("ddim", 50, 1.0), ("ddim", 200, 1.0),
+              ("ddpm", 1000, None))
+
+
+def split_sample(pipe, n: int, switch: int, eta_high: float, eta_low: float, steps: int = 100) -> torch.Tensor:
+    """DDIM on the pipeline's grid with η = ``eta_high`` for t ≥ ``switch`` and ``eta_low`` below it."""
+    opts = pipe.sampling
+    den = Denoiser(pipe.model, pipe.prediction_type, clip_sample=opts["clip_sample"],
+                   use_clipped_model_output=opts["use_clipped_model_output"])
+    grid = timesteps(pipe.schedule, steps, opts["spacing"])
+    high, low = grid[grid >= switch], grid[grid < switch]
+    ab = pipe.schedule.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    x = randn((n, *pipe.image_shape), g)
+    x = sample_ddim(den, x, ab, high, eta=eta_high, generator=g, final_alpha_cumprod=float(ab[low[0]]))
+    return sample_ddim(den, x, ab, low, eta=eta_low, generator=g).clamp(-1, 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default="pretrained:mnist")
+    ap.add_argument("--classifier", default="mnist", choices=list(C.CLASSIFIERS))
+    ap.add_argument("--num", type=int, default=256)
+    ap.add_argument("--only", choices=("steps", "split"), default=None)
+    ap.add_argument("--switch", default="700,400,150", help="switch timesteps of the split cells")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="runs/sampler_diagnosis.jsonl")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = dk.load(args.ckpt, device="cpu")
+    net = C.load_classifier(args.classifier)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def report(cell: dict, x: torch.Tensor, t0: float):
+        r = C.recognition(net, to_uint8(x))
+        cell.update(ckpt=args.ckpt, n=len(x), recognised=round(r.rate, 3), classes=r.classes_seen,
+                    seconds=round(time.perf_counter() - t0, 1))
+        print(json.dumps(cell), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(cell) + "\n")
+
+    if args.only in (None, "steps"):
+        for sampler, steps, eta in STEP_CELLS:
+            t0 = time.perf_counter()
+            kw = {} if eta is None else {"eta": eta}
+            x = pipe.sample(args.num, sampler, steps=steps, generator=torch.Generator().manual_seed(0), **kw)
+            report(dict(sampler=sampler, steps=steps, eta=eta), x, t0)
+    if args.only in (None, "split"):
+        for switch in (int(s) for s in args.switch.split(",")):
+            for eta_high, eta_low in ((1.0, 0.0), (0.0, 1.0)):
+                t0 = time.perf_counter()
+                x = split_sample(pipe, args.num, switch, eta_high, eta_low)
+                report(dict(sampler="ddim-split", steps=100, switch=switch, eta_high=eta_high, eta_low=eta_low),
+                       x, t0)
+
+
+if __name__ == "__main__":
+    main()
