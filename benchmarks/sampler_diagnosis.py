@@ -7,7 +7,7 @@ Every cell starts from the same noise (seed 0) and is scored by the shipped clas
 recognised with confidence ≥ 0.9, and the classes among them.
 
 - ``steps``: DDIM η = 0 at 50, 200 and 1,000 steps (if they agree, the grid is not what limits η = 0),
-  DDIM η = 1 at 50 and 200, and DDPM at 1,000.
+  DDIM η = 1 at 50 and 200, and DDPM at 1,000 (``--cells`` picks others).
 - ``split``: 100 DDIM steps, with η = 1 above a switch timestep and η = 0 below it, and the other way round.
   Where the noise helps, the deterministic path meets the network's errors.
 
@@ -31,8 +31,16 @@ from ddimkit.noise import randn
 from ddimkit.samplers import sample_ddim
 from ddimkit.schedule import timesteps
 
-STEP_CELLS = (("ddim", 50, 0.0), ("ddim", 200, 0.0), ("ddim", 1000, 0.0), ("ddim", 50, 1.0), ("ddim", 200, 1.0),
-              ("ddpm", 1000, None))
+STEP_CELLS = "ddim:50:0,ddim:200:0,ddim:1000:0,ddim:50:1,ddim:200:1,ddpm:1000"
+
+
+def parse_cells(text: str) -> list[tuple[str, int, float | None]]:
+    """``sampler:steps[:eta],...`` → [(sampler, steps, η or None)]."""
+    cells = []
+    for item in filter(None, text.split(",")):
+        sampler, steps, *eta = item.split(":")
+        cells.append((sampler, int(steps), float(eta[0]) if eta else None))
+    return cells
 
 
 def split_sample(pipe, n: int, switch: int, eta_high: float, eta_low: float, steps: int = 100) -> torch.Tensor:
@@ -55,6 +63,7 @@ def main():
     ap.add_argument("--classifier", default="mnist", choices=list(C.CLASSIFIERS))
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--only", choices=("steps", "split"), default=None)
+    ap.add_argument("--cells", default=STEP_CELLS, help="the steps cells, sampler:steps[:eta],...")
     ap.add_argument("--switch", default="700,400,150", help="switch timesteps of the split cells")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="runs/sampler_diagnosis.jsonl")
@@ -75,7 +84,7 @@ def main():
             f.write(json.dumps(cell) + "\n")
 
     if args.only in (None, "steps"):
-        for sampler, steps, eta in STEP_CELLS:
+        for sampler, steps, eta in parse_cells(args.cells):
             t0 = time.perf_counter()
             kw = {} if eta is None else {"eta": eta}
             x = pipe.sample(args.num, sampler, steps=steps, generator=torch.Generator().manual_seed(0), **kw)

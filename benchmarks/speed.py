@@ -48,6 +48,15 @@ from ddimkit.models import create_model, diffusers_config_from_unet
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0}
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX in the CPU's flags (Linux): where bf16 matmuls run natively, not emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -251,6 +260,10 @@ def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):
     if cuda:
         train_runs["ddimkit (bf16, fused AdamW, eager)"] = lambda: training_step(
             create_model(args.preset).to(device), args.train_batch, device, bf16, True, False)
+    elif cpu_has_native_bf16():
+        # bf16 autocast on a CPU is only worth timing where the CPU computes in bf16 (elsewhere it is emulated)
+        train_runs["ddimkit (bf16 autocast)"] = lambda: training_step(
+            create_model(args.preset).to(device), args.train_batch, device, torch.bfloat16)
     if have_diffusers:
         import diffusers
 

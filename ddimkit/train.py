@@ -211,6 +211,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def replan_now(done: int, planned: float) -> bool:
+    """Whether a run of automatic length plans its length again after ``done`` steps of this invocation.
+
+    At steps 10, 100 and 1,000 (from the pace since step 3): the first plan lets the cosine start, the next
+    ones follow a pace that settles (caches, clocks). Then every 1,000 steps from the pace of the last 1,000,
+    while the run is in its first half: a machine whose load changes (another job ending) would otherwise
+    end the run early or late. Later than that, a new length would move a learning rate already decayed.
+    """
+    return done in (10, 100, 1000) or (done > 1000 and done % 1000 == 0 and done < planned / 2)
+
+
 def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSchedule,
                probs: torch.Tensor | None) -> tuple:
     """Step k's whole batch (x0, noise, perturbed noise or None, t), drawn from the step's own seed.
@@ -355,9 +366,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         x = pipe.sample(cfg.num_sample_images, "ddim", steps=50, generator=torch.Generator().manual_seed(cfg.seed))
         save_grid(x, out / "samples" / f"step-{step:08d}.png")
 
-    # An automatic length is planned from the pace since step 3 of this invocation, at steps 10, 100 and 1,000
-    # of it: the first plan lets the cosine start, the later ones follow a pace that drifts (caches, clocks).
-    plan_at = {start + k for k in (10, 100, 1000)} if cfg.steps == "auto" else set()
+    auto = cfg.steps == "auto"
 
     probs = (timestep_probabilities(schedule, cfg.min_snr_gamma) if cfg.timestep_sampling == "importance"
              else None)
@@ -385,10 +394,12 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             if bar is not None:
                 bar.update(1)
             if step == start + 3:
-                t_pace = time.perf_counter()
-            if step in plan_at and step < _steps_or_inf(cfg):
-                timed = step - start - 3
-                cfg = replace(cfg, steps=max(step, deadline.planned_steps(step, timed, time.perf_counter() - t_pace)))
+                mark = (step, time.perf_counter())
+            if auto and step < _steps_or_inf(cfg) and replan_now(step - start, _steps_or_inf(cfg) - start):
+                now = time.perf_counter()
+                cfg = replace(cfg, steps=max(step, deadline.planned_steps(step, step - mark[0], now - mark[1])))
+                if step - start >= 1000:
+                    mark = (step, now)  # later plans follow the pace of the last 1,000 steps
                 run_cfg["train"]["steps"] = cfg.steps
                 if main:
                     write_json(out / "config.json", run_cfg)

@@ -11,7 +11,7 @@ import ddimkit as dk
 from ddimkit import classifier as C
 from ddimkit.deadline import Deadline
 from ddimkit.diffusion import levels, timestep_probabilities, to_x0_eps, training_loss
-from ddimkit.train import TrainConfig, draw_batch, lr_at, train
+from ddimkit.train import TrainConfig, draw_batch, lr_at, replan_now, train
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
@@ -139,6 +139,12 @@ def test_deadline_is_shared_and_plans_steps(monkeypatch):
     d2 = Deadline(100.0, broadcast, world=2, every=10)
     assert not d2.passed(7) and seen == []
     assert d2.passed(10) and seen == [0.0]  # this rank's clock said no; rank 0 said yes
+
+
+def test_automatic_length_is_replanned_early_and_in_the_first_half():
+    planned = 10_000
+    assert [d for d in range(1, planned) if replan_now(d, planned)] == [10, 100, 1000, 2000, 3000, 4000]
+    assert replan_now(10, float("inf")) and not replan_now(11, float("inf"))
 
 
 def test_minutes_stops_saves_and_resumes(tmp_path):
