@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,147 +27,21 @@ from .run_folder import (_check_resumable, _create_model, _loss_log, _prepare_da
                          _write_loss_log, read_run_config)
 from .ema import EMA, ema_decay_at
 from .checkpoint import read_checkpoint, save_checkpoint, write_json
-from .compile_policy import check_compile
 from .compiled_net import compile_for_training
 from .data import to_model_range
-from .diffusion import check_prediction_type, timestep_probabilities, training_loss
+from .diffusion import timestep_probabilities, training_loss
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
+from .train_config import DEFAULT_LR, TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train", "batch_indices", "lr_at", "ema_decay_at", "TrainingError",
            "DEFAULT_LR", "read_run_config"]
 
 _SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for any realistic run length
 
-#: Peak learning rates by preset: the DDPM paper's 2e-4 (CIFAR-10) and 2e-5 (256×256); small networks on
-#: short CPU runs learn fastest near 4e-3 (measured: docs/training.md).
-DEFAULT_LR = {"basic-unet": 1e-3, "tiny": 4e-3, "small": 2e-3, "mnist": 1e-3, "ddpm-cifar10": 2e-4, "ddpm-256": 2e-5}
-
 
 class TrainingError(RuntimeError):
     """Training stopped (non-finite loss); the message says which checkpoint is the last good one."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (stored as JSON in the run folder).
-
-    Attributes:
-        data: dataset spec (``mnist-5k``, ``folder:PATH``, ``npz:PATH``, ...; see :mod:`ddimkit.data`).
-        model: preset name (``tiny``, ``mnist``, ``ddpm-cifar10``, ``ddpm-256``).
-        out: run folder.
-        steps: optimizer steps in total; ``"auto"`` (with ``minutes``) sets it from the pace of the first
-            steps so that the learning-rate schedule ends at the deadline (see :mod:`ddimkit.deadline`).
-        minutes: wall-clock budget of this invocation: stop (and save) at the first step after it.
-        batch_size: global batch size (split across processes).
-        lr, warmup, lr_schedule: peak learning rate (None: the preset's, :data:`DEFAULT_LR`), linear warm-up
-            steps, then ``constant`` or ``cosine``.
-        weight_decay, grad_clip: AdamW weight decay; gradient-norm clip (0 = off).
-        ema_decay, ema_warmup: EMA decay; with warm-up the decay is min(decay, (1+k)/(10+k)).
-        prediction: ``eps``, ``x0`` or ``v`` (aliases of epsilon, sample, v_prediction).
-        min_snr_gamma: min-SNR-γ loss weighting, or None for plain MSE.
-        timestep_sampling: ``uniform`` t, or ``importance``: t drawn in proportion to the min-SNR weight,
-            each loss divided by T·p(t), the same expected loss with less variance
-            (:func:`~ddimkit.diffusion.timestep_probabilities`).
-        input_perturbation: γ of input perturbation (Ning et al. 2023): the network sees x_t made with
-            ε + γξ (ξ fresh noise) and is trained on the target of ε; 0 turns it off.
-        schedule, num_train_timesteps, beta_start, beta_end: the noise schedule.
-        image_size, channels: fit the data to this size / channel count (default: from the data).
-        flip: random horizontal flips.
-        dropout: the UNet's dropout (None: the preset's).
-        clip_sample: sampling default stored with the model (x̂0 range r, or None).
-        seed: the one seed of the run.
-        save_every, sample_every, log_every: intervals in steps (0 = only at the end / never).
-        keep: checkpoints to keep.
-        mixed_precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``no``, ``bf16`` or ``fp16``.
-        compile: ``torch.compile`` the network: ``auto`` when the run repays the compile
-            (:mod:`ddimkit.compile_policy`; never on the CPU), or ``True``/``False``.
-        num_sample_images: images in each sample grid.
-    """
-
-    data: str = "mnist-5k"
-    model: str = "tiny"
-    out: str = "runs/default"
-    steps: int | str = 2000
-    minutes: float | None = None
-    batch_size: int = 64
-    lr: float | None = None
-    warmup: int = 100
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
-    prediction: str = "x0"
-    min_snr_gamma: float | None = 0.25
-    timestep_sampling: str = "uniform"
-    input_perturbation: float = 0.0
-    schedule: str = "linear"
-    num_train_timesteps: int = 1000
-    beta_start: float | None = None
-    beta_end: float | None = None
-    image_size: int | None = None
-    channels: int | None = None
-    flip: bool = False
-    dropout: float | None = None
-    clip_sample: float | None = 1.0
-    seed: int = 0
-    save_every: int = 500
-    sample_every: int = 500
-    log_every: int = 10
-    keep: int = 2
-    mixed_precision: str = "auto"
-    compile: bool | str = "auto"
-    num_sample_images: int = 64
-
-    def __post_init__(self):
-        check_prediction_type(self.prediction)
-        if self.steps == "auto" and self.minutes is None:
-            raise ValueError("steps='auto' needs a time budget (minutes)")
-        if self.min_snr_gamma is not None and not (isinstance(self.min_snr_gamma, (int, float))
-                                                   and self.min_snr_gamma > 0):
-            raise ValueError(f"min_snr_gamma must be a positive number or None, got {self.min_snr_gamma!r}")
-        if self.timestep_sampling not in ("uniform", "importance"):
-            raise ValueError(f"timestep_sampling must be uniform or importance, got {self.timestep_sampling!r}")
-        if not 0 <= self.input_perturbation <= 1:
-            raise ValueError(f"input_perturbation must lie in [0, 1], got {self.input_perturbation}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"minutes must be positive, got {self.minutes}")
-        for name in ("steps", "batch_size"):
-            if name == "steps" and self.steps == "auto":
-                continue
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("save_every", "sample_every", "log_every", "warmup", "keep"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        check_compile(self.compile)
-
-    @property
-    def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.model, 2e-4)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def make_schedule(self) -> NoiseSchedule:
-        kw = {k: v for k, v in (("beta_start", self.beta_start), ("beta_end", self.beta_end)) if v is not None}
-        if self.schedule == "cosine" and kw:
-            raise ValueError("the cosine schedule takes no beta_start/beta_end")
-        return NoiseSchedule.from_name(self.schedule, self.num_train_timesteps, **kw)
 
 
 @dataclass
@@ -260,6 +134,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         a :class:`TrainResult`, with ``pipeline`` holding the EMA model on rank 0.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast as accelerate_broadcast
 
     from .pipeline import build_model
@@ -271,6 +146,9 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if cuda else "no"
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
+    # Python session that trains twice (bf16, then fp32) needs a fresh one. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
     main = accelerator.is_main_process
     world = accelerator.num_processes

@@ -147,6 +147,14 @@ def test_automatic_length_is_replanned_early_and_in_the_first_half():
     assert replan_now(10, float("inf")) and not replan_now(11, float("inf"))
 
 
+def test_one_process_trains_in_two_precisions(tmp_path):
+    """A second train() with another mixed precision in the same process works (Accelerate's shared state)."""
+    for mp in ("bf16", "no"):
+        cfg = TrainConfig(out=str(tmp_path / mp), steps=1, batch_size=2, save_every=0, sample_every=0,
+                          num_sample_images=0, mixed_precision=mp)
+        assert train(cfg, progress=False).step == 1
+
+
 def test_minutes_stops_saves_and_resumes(tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(out=str(out), steps=100_000, minutes=0.04, batch_size=4, warmup=2, save_every=1000,
