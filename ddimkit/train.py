@@ -32,7 +32,7 @@ from .data import to_model_range
 from .diffusion import timestep_probabilities, training_loss
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
-from .train_config import DEFAULT_LR, TrainConfig
+from .train_config import DEFAULT_LR, TrainConfig, cpu_has_native_bf16, training_precision
 
 __all__ = ["TrainConfig", "TrainResult", "train", "batch_indices", "lr_at", "ema_decay_at", "TrainingError",
            "DEFAULT_LR", "read_run_config"]
@@ -85,6 +85,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _forward_flops(cfg: TrainConfig, model: torch.nn.Module, image: tuple[int, int]) -> float:
+    """FLOPs of one image's forward pass, counted only where the automatic precision depends on them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if cfg.mixed_precision != "auto" or torch.cuda.is_available() or not cpu_has_native_bf16():
+        return 0.0
+    channels, size = image
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        model(torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long))
+    return float(flops.get_total_flops())
+
+
 def replan_now(done: int, planned: float) -> bool:
     """Whether a run of automatic length plans its length again after ``done`` steps of this invocation.
 
@@ -133,7 +145,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     Returns:
         a :class:`TrainResult`, with ``pipeline`` holding the EMA model on rank 0.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast as accelerate_broadcast
 
@@ -143,20 +155,11 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     out = Path(cfg.out)
     cuda = torch.cuda.is_available()
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if cuda else "no"
-    # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
-    # Python session that trains twice (bf16, then fp32) needs a fresh one. The process group is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
-    main = accelerator.is_main_process
-    world = accelerator.num_processes
+    state = PartialState(cpu=not cuda)  # the process group; the precision waits for the network
+    world, rank, device = state.num_processes, state.process_index, state.device
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     local = cfg.batch_size // world
-    rank = accelerator.process_index
-    device = accelerator.device
     # The budget counts from here: loading data and building (or compiling) the model are part of it.
     deadline = Deadline(cfg.minutes, lambda x: accelerate_broadcast(x.to(device)).cpu(), world)
 
@@ -164,6 +167,12 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     images, size = _prepare_data(cfg)
     model = _create_model(cfg, images.shape[1], size)
     run_cfg = _run_config(cfg, images, size, schedule, model)
+    precision = training_precision(cfg.mixed_precision, cuda, _forward_flops(cfg, model, (images.shape[1], size)))
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
+    # Python session that trains twice (bf16, then fp32) needs a fresh one. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    main = accelerator.is_main_process
     prediction_type = run_cfg["prediction_type"]
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay,

@@ -12,6 +12,7 @@ from ddimkit import classifier as C
 from ddimkit.deadline import Deadline
 from ddimkit.diffusion import levels, timestep_probabilities, to_x0_eps, training_loss
 from ddimkit.train import TrainConfig, draw_batch, lr_at, replan_now, train
+from ddimkit.train_config import cpu_has_native_bf16, training_precision
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
@@ -153,6 +154,37 @@ def test_one_process_trains_in_two_precisions(tmp_path):
         cfg = TrainConfig(out=str(tmp_path / mp), steps=1, batch_size=2, save_every=0, sample_every=0,
                           num_sample_images=0, mixed_precision=mp)
         assert train(cfg, progress=False).step == 1
+
+
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_tile\n"
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: spectre_v1\n"
+
+
+def test_cpu_bf16_is_chosen_only_where_it_pays():
+    assert cpu_has_native_bf16(AVX512_BF16) and not cpu_has_native_bf16(AVX2_ONLY)
+    assert cpu_has_native_bf16("flags\t: avx2 amx_bf16 amx_tile\n") and not cpu_has_native_bf16("")
+    big, small = 1.44e8, 3.6e7  # the `small` and `tiny` UNets' forward FLOPs per 28×28 image
+    assert training_precision("auto", False, big, AVX512_BF16) == "bf16"
+    assert training_precision("auto", False, small, AVX512_BF16) == "no"  # measured slower in bf16
+    assert training_precision("auto", False, big, AVX2_ONLY) == "no"  # emulated bf16: 10-35x slower
+    assert training_precision("auto", True, 0.0, AVX2_ONLY) == "bf16"  # CUDA
+    assert training_precision("no", False, big, AVX512_BF16) == "no"
+    assert training_precision("bf16", False, small, AVX2_ONLY) == "bf16"  # asked for, given
+
+
+@pytest.mark.parametrize("native, model, expected", [(True, "small", "bf16"), (True, "tiny", "no"),
+                                                     (False, "small", "no")])
+def test_train_takes_the_automatic_cpu_precision(tmp_path, monkeypatch, native, model, expected):
+    import sys
+
+    from accelerate.state import AcceleratorState
+
+    for module in ("ddimkit.train", "ddimkit.train_config"):  # the flags of this machine's CPU, faked
+        monkeypatch.setattr(sys.modules[module], "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    cfg = TrainConfig(out=str(tmp_path / model), model=model, steps=1, batch_size=2, save_every=0,
+                      sample_every=0, num_sample_images=0)
+    train(cfg, progress=False)
+    assert AcceleratorState().mixed_precision == expected
 
 
 def test_minutes_stops_saves_and_resumes(tmp_path):

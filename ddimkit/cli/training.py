@@ -59,7 +59,9 @@ def register(sub):
     p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every)
     p.add_argument("--log-every", type=non_negative_int, default=d.log_every)
     p.add_argument("--keep", type=positive_int, default=d.keep, help="checkpoints to keep")
-    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=d.mixed_precision)
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=d.mixed_precision,
+                   help="auto: bf16 on CUDA, and on CPUs with native bf16 for networks of >= 100 MFLOP an image; "
+                        "else fp32 (default: %(default)s)")
     add_compile_args(p)
     p.add_argument("--num-sample-images", type=non_negative_int, default=d.num_sample_images)
     p.set_defaults(func=cmd_train)
