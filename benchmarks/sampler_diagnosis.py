@@ -45,16 +45,18 @@ def parse_cells(text: str) -> list[tuple[str, int, float | None]]:
 
 def split_sample(pipe, n: int, switch: int, eta_high: float, eta_low: float, steps: int = 100) -> torch.Tensor:
     """DDIM on the pipeline's grid with η = ``eta_high`` for t ≥ ``switch`` and ``eta_low`` below it."""
+    # the model's own sampling defaults, as Pipeline.sample applies them
     opts = pipe.sampling
-    den = Denoiser(pipe.model, pipe.prediction_type, clip_sample=opts["clip_sample"],
-                   use_clipped_model_output=opts["use_clipped_model_output"])
-    grid = timesteps(pipe.schedule, steps, opts["spacing"])
+    den = Denoiser(pipe.model, pipe.prediction_type, opts["clip_sample"], opts["thresholding"],
+                   opts["sample_max_value"], opts["use_clipped_model_output"])
+    grid = timesteps(pipe.schedule, steps, opts["spacing"], opts["steps_offset"])
     high, low = grid[grid >= switch], grid[grid < switch]
     ab = pipe.schedule.alphas_cumprod
     g = torch.Generator().manual_seed(0)
     x = randn((n, *pipe.image_shape), g)
     x = sample_ddim(den, x, ab, high, eta=eta_high, generator=g, final_alpha_cumprod=float(ab[low[0]]))
-    return sample_ddim(den, x, ab, low, eta=eta_low, generator=g).clamp(-1, 1)
+    final = 1.0 if opts["set_alpha_to_one"] else float(ab[0])
+    return sample_ddim(den, x, ab, low, eta=eta_low, generator=g, final_alpha_cumprod=final).clamp(-1, 1)
 
 
 def main():

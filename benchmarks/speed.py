@@ -41,20 +41,12 @@ import torch
 import ddimkit as dk
 from ddimkit.data import to_uint8
 from ddimkit.models import create_model, diffusers_config_from_unet
+from ddimkit.train_config import cpu_has_native_bf16
 
 # bf16 peak used for the "fraction of peak" column, by GPU name (TFLOP/s). For H100/H200 this is the ceiling
 # the project's GPU notes give for this sampling task (about 1,270 img/s x 50 steps x 12.4 GFLOP), which is
 # below the datasheet's dense bf16 figure for the SXM parts; the column is a fraction of that ceiling.
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0}
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX in the CPU's flags (Linux): where bf16 matmuls run natively, not emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def sync(device):

@@ -32,7 +32,7 @@ from .data import to_model_range
 from .diffusion import timestep_probabilities, training_loss
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
-from .train_config import DEFAULT_LR, TrainConfig, cpu_has_native_bf16, training_precision
+from .train_config import DEFAULT_LR, TrainConfig, training_precision
 
 __all__ = ["TrainConfig", "TrainResult", "train", "batch_indices", "lr_at", "ema_decay_at", "TrainingError",
            "DEFAULT_LR", "read_run_config"]
@@ -85,12 +85,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _forward_flops(cfg: TrainConfig, model: torch.nn.Module, image: tuple[int, int]) -> float:
-    """FLOPs of one image's forward pass, counted only where the automatic precision depends on them."""
+def _forward_flops(model: torch.nn.Module, image: tuple[int, int]) -> float:
+    """FLOPs of one image's forward pass (on the CPU)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    if cfg.mixed_precision != "auto" or torch.cuda.is_available() or not cpu_has_native_bf16():
-        return 0.0
     channels, size = image
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         model(torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long))
@@ -167,7 +165,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     images, size = _prepare_data(cfg)
     model = _create_model(cfg, images.shape[1], size)
     run_cfg = _run_config(cfg, images, size, schedule, model)
-    precision = training_precision(cfg.mixed_precision, cuda, _forward_flops(cfg, model, (images.shape[1], size)))
+    precision = training_precision(cfg.mixed_precision, cuda, lambda: _forward_flops(model, (images.shape[1], size)))
     # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
     # Python session that trains twice (bf16, then fp32) needs a fresh one. The process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 from .compile_policy import check_compile
 from .diffusion import check_prediction_type
@@ -160,14 +161,16 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def training_precision(setting: str, cuda: bool, flops_per_image: float, cpuinfo: str | None = None) -> str:
+def training_precision(setting: str, cuda: bool, flops_per_image: Callable[[], float],
+                       cpuinfo: str | None = None) -> str:
     """The mixed precision a run trains in: ``setting`` unless it is ``auto``.
 
     ``auto`` is bf16 on CUDA; on a CPU, bf16 where the CPU computes it natively and the network's forward
-    pass costs at least :data:`CPU_BF16_MIN_FLOPS` per image, else ``no`` (fp32).
+    pass costs at least :data:`CPU_BF16_MIN_FLOPS` per image, else ``no`` (fp32). ``flops_per_image`` is
+    called only on a CPU with native bf16, the one case whose answer depends on it.
     """
     if setting != "auto":
         return setting
     if cuda:
         return "bf16"
-    return "bf16" if flops_per_image >= CPU_BF16_MIN_FLOPS and cpu_has_native_bf16(cpuinfo) else "no"
+    return "bf16" if cpu_has_native_bf16(cpuinfo) and flops_per_image() >= CPU_BF16_MIN_FLOPS else "no"

@@ -18,7 +18,7 @@ from ddimkit.checkpoint import read_json
 from ddimkit.train import DEFAULT_LR, read_run_config
 
 TRAIN = "OMP_NUM_THREADS=1 ddimkit train --data {data} --model {model} --minutes {minutes} --batch-size 64 " \
-        "--save-every {save_every} --sample-every {sample_every} --log-every 100{extra} --seed 0 --out {out}"
+        "--save-every 1000 --sample-every 2000 --log-every 100 --seed 0 --out {out}"
 
 CARDS = {
     "fashion-mnist": dict(
@@ -45,8 +45,7 @@ def main():
     ap.add_argument("--quality", default=None, help="benchmarks/pretrained_quality.py's JSON for this run")
     args = ap.parse_args()
     fields = dict(CARDS[args.name])
-    fields["command"] = TRAIN.format(**{"extra": "", "save_every": 1000, "sample_every": 2000,
-                                        **fields.pop("args")})
+    fields["command"] = TRAIN.format(**fields.pop("args"))
     cfg = read_run_config(args.run)["train"]
     lr = cfg["lr"] or DEFAULT_LR[cfg["model"]]
     fields["training"] = (f"batch {cfg['batch_size']}, peak lr {lr:g}, within a {cfg['minutes']:g}-minute budget on "
