@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from .data import array_to_nchw, convert_channels, fit_images, read_image, to_model_range, to_uint8
-from .interpolate import lerp, slerp
+from .interpolate import angle_degrees, lerp, slerp
 from .metrics import psnr, reconstruction_mse
-from .viz import make_grid
+from .viz import make_grid, show_noise
 
 __all__ = ["SAMPLERS", "SPACINGS", "Cancelled", "check_steps", "picture", "sample_images", "compare_samplers",
            "Trajectory", "trajectory", "trajectory_frame", "trajectory_strip", "fit_image", "test_image_names",
@@ -107,11 +107,6 @@ def picture(images: torch.Tensor, nrow: int | None = None, size: int = 512) -> n
     k = max(1, size // max(grid.shape[:2]))
     grid = grid.repeat(k, 0).repeat(k, 1)
     return grid[..., 0] if grid.shape[-1] == 1 else grid
-
-
-def _show_noise(z: torch.Tensor) -> torch.Tensor:
-    """Noise (spread ~1) squeezed into [-1, 1] for display rather than clipped, as the notes' figures do."""
-    return z / max(1.0, float(z.abs().max()))
 
 
 def _gen(seed) -> torch.Generator:
@@ -206,7 +201,7 @@ def trajectory(pipe, sampler: str = "ddim", steps=50, eta=0.0, spacing=None, see
     xs, x0s, ts = [], [], []
 
     def record(d):
-        xs.append(_show_noise(d["x"][:1].float().cpu()))
+        xs.append(show_noise(d["x"][:1].float().cpu()))
         x0s.append(d["x0"][:1].float().cpu().clamp(-1, 1))
         ts.append(int(d["t"]))
 
@@ -336,7 +331,7 @@ def invert_image(pipe, image, steps=20, refine=3, progress: Progress | None = No
     t0, total = time.perf_counter(), steps * (2 + refine)
     z = _invert(pipe, x, steps, refine, progress, total)
     rec = _decode(pipe, z, steps, progress, steps * (1 + refine), total)
-    return {"input": picture(x, size=256), "noise": picture(_show_noise(z), size=256),
+    return {"input": picture(x, size=256), "noise": picture(show_noise(z), size=256),
             "reconstruction": picture(rec, size=256), "mse": float(reconstruction_mse(x, rec).mean()),
             "psnr": float(psnr(x, rec).mean()), "noise_std": float(z.std()), "seconds": time.perf_counter() - t0,
             "nfe": total, "note": note}
@@ -379,7 +374,7 @@ def fuse_strip(pipe, pair: FusePair, alphas=FUSE_ALPHAS, progress: Progress | No
     how far slerp's α = 0 and α = 1 are from the inputs (MSE per dimension, [0, 1] scale, mean of the two)."""
     alphas = [float(a) for a in alphas]
     d = fuse_decode(pipe, pair, alphas, progress)
-    info = {"alphas": alphas, "angle_degrees": _angle(pair.z[0], pair.z[1])}
+    info = {"alphas": alphas, "angle_degrees": angle_degrees(pair.z[0], pair.z[1])}
     if alphas[0] == 0 and alphas[-1] == 1:
         ends = torch.cat([d["slerp"][:1], d["slerp"][-1:]])
         info["endpoint_mse"] = float(reconstruction_mse(pair.x, ends).mean())
@@ -394,7 +389,3 @@ def fuse_at(pipe, pair: FusePair, alpha, progress: Progress | None = None) -> tu
     return (picture(d["slerp"], size=256), picture(d["lerp"], size=256),
             {"alpha": float(alpha), "norm_slerp": float(norms[0]), "norm_lerp": float(norms[1])})
 
-
-def _angle(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b / (a.norm() * b.norm()))))))

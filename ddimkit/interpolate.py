@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["slerp", "lerp"]
+__all__ = ["slerp", "lerp", "angle_degrees"]
 
 
 def _alphas(alpha):
@@ -101,3 +101,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | Sequence[float], ep
             out = torch.where(anti, circ, out)
         rows.append(out.reshape(z0.shape).to(z0.dtype))
     return torch.stack(rows) if stacked else rows[0]
+
+
+def angle_degrees(z0: torch.Tensor, z1: torch.Tensor) -> float:
+    """The angle between two noises seen as vectors, in degrees: the arc that :func:`slerp` walks."""
+    a, b = z0.flatten().double(), z1.flatten().double()
+    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b / (a.norm() * b.norm()))))))

@@ -17,7 +17,7 @@ from .checkpoint import atomic_write
 from .data import to_uint8
 
 __all__ = ["make_grid", "save_grid", "save_images", "save_npz", "save_figure", "plot_trajectory", "plot_loss",
-           "labelled_grid"]
+           "labelled_grid", "show_noise"]
 
 
 def _pyplot():
@@ -27,6 +27,11 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def show_noise(z: torch.Tensor) -> torch.Tensor:
+    """Noise (spread ~1) squeezed into [-1, 1] for display rather than clipped, as the notes' figures show x_t."""
+    return z / max(1.0, float(z.abs().max()))
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:

@@ -46,11 +46,6 @@ def _diff_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs() - 1
 
 
-def _show_noise(z: torch.Tensor) -> torch.Tensor:
-    """Noise of spread ~1 squeezed into [-1, 1] for display (as viz.plot_trajectory shows x_t)."""
-    return z / max(1.0, float(z.abs().max()))
-
-
 def _two(values: Sequence, what: str) -> tuple:
     values = tuple(values)
     if len(values) != 2:

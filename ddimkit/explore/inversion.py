@@ -8,10 +8,10 @@ from typing import Sequence
 import torch
 
 from ..evaluate import round_trip
-from ..interpolate import lerp, slerp
+from ..interpolate import angle_degrees, lerp, slerp
 from ..metrics import reconstruction_mse
-from ..viz import labelled_grid
-from .common import ALPHAS, _folder, _noise, _show_noise, _two, _non_empty, _table, _finish, _data_spec, _real_images
+from ..viz import labelled_grid, show_noise
+from .common import ALPHAS, _folder, _noise, _two, _non_empty, _table, _finish, _data_spec, _real_images
 
 
 def reconstruction(pipe, out, data: str | None = None, num: int = 8, steps: Sequence[int] = (10, 20, 50, 100),
@@ -33,7 +33,7 @@ def reconstruction(pipe, out, data: str | None = None, num: int = 8, steps: Sequ
             rows.append(row)
             figure_rows.append(rec)
             labels.append(f"S={n}" + (f", r={r}" if r else ""))
-    figure_rows.append(_show_noise(z))
+    figure_rows.append(show_noise(z))
     labels.append(f"x_T ({labels[-1]})")
     labelled_grid(figure_rows, labels, [f"#{i}" for i in picked], out / "reconstruction.png",
                   title="DDIM inversion → reconstruction (S steps, r fixed-point iterations)")
@@ -49,11 +49,6 @@ def reconstruction(pipe, out, data: str | None = None, num: int = 8, steps: Sequ
                    "Per-dimension MSE ([0, 1] scale)\n\n" + table("mse"), "PSNR (dB)\n\n" + table("psnr"))
 
 
-def _angle_degrees(z0: torch.Tensor, z1: torch.Tensor) -> float:
-    a, b = z0.flatten().double(), z1.flatten().double()
-    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b / (a.norm() * b.norm()))))))
-
-
 def _interpolate_pair(pipe, z0, z1, alphas, steps, batch_size, progress) -> dict:
     """slerp and lerp between two noises, decoded with unclipped DDIM η = 0 (as the DDIM note does)."""
     d = z0.numel()
@@ -62,7 +57,7 @@ def _interpolate_pair(pipe, z0, z1, alphas, steps, batch_size, progress) -> dict
     # |z|/√D: ≈ 1 for Gaussian noise; lerp of two near-orthogonal noises dips to ≈ 0.71 at α = 0.5.
     rows = [{"alpha": float(a), **{f"norm_{k}": float(starts[k][j].norm() / math.sqrt(d)) for k in starts},
              **{f"image_std_{k}": float(images[k][j].std()) for k in starts}} for j, a in enumerate(alphas)]
-    return {"angle_degrees": _angle_degrees(z0, z1), "rows": rows, "images": images}
+    return {"angle_degrees": angle_degrees(z0, z1), "rows": rows, "images": images}
 
 
 def _without_images(part: dict) -> dict:
