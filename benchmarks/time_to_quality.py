@@ -121,8 +121,11 @@ def draw(pipe: dk.Pipeline, n: int, batch_size: int, seed: int) -> torch.Tensor:
     return to_uint8(torch.cat(out).cpu())
 
 
-def scores(samples: torch.Tensor, ref: torch.Tensor, args, inception, device) -> dict:
-    """Classifier-FD and recognition on all samples; KID on ``--num-kid`` and FID on ``--num-fid`` of them."""
+def scores(samples: torch.Tensor, ref: torch.Tensor, args, inception, device, ref_features: dict) -> dict:
+    """Classifier-FD and recognition on all samples; KID on ``--num-kid`` and FID on ``--num-fid`` of them.
+
+    ``ref_features`` keeps the reference's Inception features by count, so that the floor and every recipe
+    share one pass over the reference."""
     samples = evaluate.center_crop(samples, ref.shape[-1])  # 28×28 data padded to 32 for the network
     net = C.load_classifier(args.classifier)
     k = min(len(samples), len(ref))
@@ -131,7 +134,9 @@ def scores(samples: torch.Tensor, ref: torch.Tensor, args, inception, device) ->
     if inception is not None:
         m = min(max(args.num_kid, args.num_fid), len(samples), len(ref))
         fa = metrics.inception_features(samples[:m], inception, device=device)
-        fb = metrics.inception_features(ref[:m], inception, device=device)
+        if m not in ref_features:
+            ref_features[m] = metrics.inception_features(ref[:m], inception, device=device)
+        fb = ref_features[m]
         n = min(args.num_kid, m)
         res["n_kid"] = n
         res["kid"], res["kid_std"] = metrics.kid(fa[:n], fb[:n], subset_size=n)
@@ -208,7 +213,9 @@ def main():
     res = dict(device=torch.cuda.get_device_name() if cuda else "CPU", torch=torch.__version__, minutes=args.minutes,
                data=args.data, ref=args.ref, recipes={})
     # The floor: real training images against the reference, at the same sizes.
-    res["recipes"]["real training images (floor)"] = scores(train_images[: args.num], ref, args, inception, device)
+    ref_features: dict = {}
+    res["recipes"]["real training images (floor)"] = scores(train_images[: args.num], ref, args, inception, device,
+                                                           ref_features)
     for name in ("ddimkit", "diffusers"):
         if name in args.skip:
             continue
@@ -220,7 +227,7 @@ def main():
         t0 = time.perf_counter()
         samples = draw(pipe, args.num, args.batch_size, args.seed)
         info["sample_seconds"] = time.perf_counter() - t0
-        info.update(scores(samples, ref, args, inception, device))
+        info.update(scores(samples, ref, args, inception, device, ref_features))
         res["recipes"][name] = info
         (out / "time_to_quality.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         print(name, {k: v for k, v in info.items() if k != "config"}, flush=True)
