@@ -150,7 +150,7 @@ CPU_BF16_MIN_FLOPS = 1e8
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU computes in bf16 natively (the AVX-512 BF16 or AMX flags of ``/proc/cpuinfo``).
 
-    Elsewhere (AVX2 only, or no cpuinfo to read) bf16 is emulated and 10–35× slower than fp32.
+    Elsewhere (AVX2 only, or no cpuinfo to read) bf16 is emulated, and slower than fp32.
     """
     if cpuinfo is None:
         try:
