@@ -20,28 +20,64 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 import ddimkit as dk
 from ddimkit import classifier as C
 from ddimkit.data import load_images, to_model_range, to_uint8
 from ddimkit.diffusion import levels, to_x0_eps
 from ddimkit.models import presets
+from ddimkit.models.unet import UNet
+from ddimkit.train_config import DEFAULT_LR
 
 TIMESTEPS = (5, 25, 50, 100, 200, 300, 500, 700, 900, 990)
 
-# Architectures tried (UNet kwargs over the tiny preset's).
+class PatchUNet(nn.Module):
+    """The UNet on 2×2 pixel patches: pixel_unshuffle in, pixel_shuffle out (a 28×28×1 image is 14×14×4).
+
+    A study architecture only: it moves the full-resolution level's cost to 14×14, where wider convolutions
+    use a CPU better than 8-channel ones, and it has no diffusers counterpart.
+    """
+
+    def __init__(self, patch_size: int = 2, in_channels: int = 1, out_channels: int = 1, sample_size: int = 28,
+                 **unet_kwargs):
+        super().__init__()
+        p = self.patch_size = patch_size
+        self.unet = UNet(in_channels=in_channels * p * p, out_channels=out_channels * p * p,
+                         sample_size=sample_size // p, **unet_kwargs)
+        self.config = dict(patch_size=p, in_channels=in_channels, out_channels=out_channels,
+                           sample_size=sample_size, **unet_kwargs)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        p = self.patch_size
+        return F.pixel_shuffle(self.unet(F.pixel_unshuffle(x, p), t), p)
+
+
+_TWO_LEVELS = dict(down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                   up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
+
+# Architectures tried: (class, kwargs over the tiny preset's). The patch models have two levels, 14 and 7.
 ARCHS = {
-    "w16": dict(block_out_channels=(16, 32, 64), norm_num_groups=8),
-    "w16-32-32": dict(block_out_channels=(16, 32, 32), norm_num_groups=8),
-    "w8-24-48": dict(block_out_channels=(8, 24, 48), attention_head_dim=48),
-    "w8-32-64": dict(block_out_channels=(8, 32, 64), attention_head_dim=64),
-    "l2": dict(layers_per_block=2),
+    "w16": (UNet, dict(block_out_channels=(16, 32, 64), norm_num_groups=8)),
+    "w16-32-32": (UNet, dict(block_out_channels=(16, 32, 32), norm_num_groups=8)),
+    "w8-24-48": (UNet, dict(block_out_channels=(8, 24, 48), attention_head_dim=48)),
+    "w8-32-64": (UNet, dict(block_out_channels=(8, 32, 64), attention_head_dim=64)),
+    "w8-32-64-h32": (UNet, dict(block_out_channels=(8, 32, 64), attention_head_dim=32)),
+    "l2": (UNet, dict(layers_per_block=2)),
+    "p2-24-48": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(24, 48), attention_head_dim=24)),
+    "p2-32-64": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64))),
+    "p2-32-64-l2": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64), layers_per_block=2)),
+    "p2-48-96": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(48, 96))),
 }
 
 
 def _register(arch: str) -> str:
-    cls, ch, size, kw = presets._PRESETS["tiny"]
-    presets._PRESETS["study-" + arch] = (cls, ch, size, {**kw, **ARCHS[arch]})
+    _, ch, size, kw = presets._PRESETS["tiny"]
+    cls, arch_kw = ARCHS[arch]
+    presets._PRESETS["study-" + arch] = (cls, ch, size, {**kw, **arch_kw})
+    presets.MODEL_CLASSES[cls.__name__] = cls  # so that the run's checkpoints load again (--rescore)
+    DEFAULT_LR["study-" + arch] = DEFAULT_LR["tiny"]  # not the 2e-4 that unknown presets get
     return "study-" + arch
 
 

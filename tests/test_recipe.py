@@ -275,3 +275,37 @@ def test_trained_pipeline_samples_with_the_ema_weights(tmp_path):
     for name, p in res.pipeline.model.state_dict().items():
         torch.testing.assert_close(p.cpu(), ck["ema"][name].cpu())
     assert any(not torch.equal(ck["ema"][k], ck["raw"][k]) for k in ck["raw"])
+
+
+def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, monkeypatch):
+    """benchmarks/recipe_study.py's patch UNet: the inner UNet sees and returns 2×2 patches as channels, the
+    study's architectures train at tiny's learning rate (not the 2e-4 of unknown presets), and runs reload."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_study
+    from ddimkit.models import presets
+
+    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
+    monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
+    from ddimkit import train_config
+
+    rates = dict(train_config.DEFAULT_LR)  # _register adds the study's names; the test leaves no trace
+    monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
+    monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
+    name = recipe_study._register("p2-24-48")
+    cfg = TrainConfig(out=str(tmp_path / "p"), model=name, steps=2, batch_size=4, warmup=1, save_every=2,
+                      sample_every=0, num_sample_images=0)
+    assert cfg.peak_lr == rates["tiny"] != TrainConfig(model="unknown-preset").peak_lr
+    res = train(cfg, progress=False)
+    net = res.pipeline.model
+    assert net.unet.conv_in.in_channels == 4 and net.unet.conv_out.out_channels == 4
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
+    # pixel_unshuffle puts pixel (2i+a, 2j+b) in channel 2a+b at (i, j): the inner UNet sees exactly that.
+    inner_in = x.reshape(2, 1, 14, 2, 14, 2).permute(0, 1, 3, 5, 2, 4).reshape(2, 4, 14, 14)
+    with torch.no_grad():
+        inner_out = net.unet(inner_in, t)
+        expected = inner_out.reshape(2, 1, 2, 2, 14, 14).permute(0, 1, 4, 2, 5, 3).reshape(2, 1, 28, 28)
+        torch.testing.assert_close(net(x, t), expected)
+        again = dk.load(tmp_path / "p")
+        torch.testing.assert_close(again.model(x, t), net(x, t))
