@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 import ddimkit as dk
+from ddimkit.batching import forward_flops
 from ddimkit.data import to_uint8
 from ddimkit.models import create_model, diffusers_config_from_unet
 from ddimkit.train_config import cpu_has_native_bf16
@@ -64,14 +65,6 @@ def timed(fn, device, warmup: int, iters: int) -> float:
         fn()
     sync(device)
     return (time.perf_counter() - t0) / iters
-
-
-def forward_flops(model, x, t) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, t)
-    return float(counter.get_total_flops())
 
 
 def ddimkit_sampling(pipe, n, steps, seed=0):

@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["batch_for_memory", "batch_for_speed", "balanced_batch", "auto_batch_size", "SATURATION_FLOP"]
+__all__ = ["batch_for_memory", "batch_for_speed", "balanced_batch", "auto_batch_size", "forward_flops",
+           "SATURATION_FLOP"]
 
 #: Work per forward pass past which a GPU runs no faster per image (256 × 12.44 GFLOP, see above).
 SATURATION_FLOP = 256 * 12.44e9
@@ -62,6 +63,15 @@ def balanced_batch(n: int, cap: int, multiple: int = 8) -> int:
     return max(1, min(size, cap, n))
 
 
+def forward_flops(net: Callable, x: torch.Tensor, t: torch.Tensor) -> float:
+    """FLOPs of one forward pass ``net(x, t)``, counted by torch's FlopCounterMode (no gradients kept)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x, t)
+    return float(counter.get_total_flops())
+
+
 def auto_batch_size(net: Callable, image_shape: tuple[int, int, int], n: int, device: torch.device,
                     probe: int = 8) -> int:
     """Batch size for ``n`` images of ``image_shape`` through ``net(x, t)`` on ``device``.
@@ -71,8 +81,6 @@ def auto_batch_size(net: Callable, image_shape: tuple[int, int, int], n: int, de
     :func:`balanced_batch`. Elsewhere every image goes in one batch. Pass the network without
     ``torch.compile``: the probe's batch shape should not be the one that gets compiled.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = torch.device(device)
     if device.type != "cuda" or n <= probe:
         return n
@@ -81,14 +89,12 @@ def auto_batch_size(net: Callable, image_shape: tuple[int, int, int], n: int, de
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad(), FlopCounterMode(display=False) as flops:
-        net(x, t)
+    flop_per_image = forward_flops(net, x, t) / probe
     torch.cuda.synchronize(device)
     per_image = (torch.cuda.max_memory_allocated(device) - base) / probe
     del x, t
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
     fit = batch_for_memory(n, free, per_image)
-    flop_per_image = flops.get_total_flops() / probe
     cap = batch_for_speed(flop_per_image) if flop_per_image > 0 else fit
     return balanced_batch(n, min(fit, cap))

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .batching import forward_flops
 from .deadline import Deadline
 from .run_folder import (_check_resumable, _create_model, _loss_log, _prepare_data, _run_config,
                          _write_loss_log, read_run_config)
@@ -83,16 +84,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     total = cfg.steps if isinstance(cfg.steps, int) else step + 1_000_000
     progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _forward_flops(model: torch.nn.Module, image: tuple[int, int]) -> float:
-    """FLOPs of one image's forward pass (on the CPU)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    channels, size = image
-    with torch.no_grad(), FlopCounterMode(display=False) as flops:
-        model(torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long))
-    return float(flops.get_total_flops())
 
 
 def replan_now(done: int, planned: float) -> bool:
@@ -165,7 +156,8 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     images, size = _prepare_data(cfg)
     model = _create_model(cfg, images.shape[1], size)
     run_cfg = _run_config(cfg, images, size, schedule, model)
-    precision = training_precision(cfg.mixed_precision, cuda, lambda: _forward_flops(model, (images.shape[1], size)))
+    precision = training_precision(cfg.mixed_precision, cuda, lambda: forward_flops(
+        model, torch.zeros(1, images.shape[1], size, size), torch.zeros(1, dtype=torch.long)))
     # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
     # Python session that trains twice (bf16, then fp32) needs a fresh one. The process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
