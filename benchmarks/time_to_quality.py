@@ -34,6 +34,7 @@ import ddimkit as dk
 from ddimkit import classifier as C
 from ddimkit import evaluate, metrics
 from ddimkit.data import fit_images, load_images, to_model_range, to_uint8
+from ddimkit.scoring import image_set_features
 from ddimkit.train import read_run_config
 
 # The tutorial's UNet2DModel for MNIST (the diffusers example's own default layout is for 64×64 RGB).
@@ -125,7 +126,8 @@ def scores(samples: torch.Tensor, ref: torch.Tensor, args, inception, device, re
     """Classifier-FD and recognition on all samples; KID on ``--num-kid`` and FID on ``--num-fid`` of them.
 
     ``ref_features`` keeps the reference's Inception features by count, so that the floor and every recipe
-    share one pass over the reference."""
+    share one pass over the reference; with the reference Inception they also go to ddimkit's cache, where
+    the next invocation finds them."""
     samples = evaluate.center_crop(samples, ref.shape[-1])  # 28×28 data padded to 32 for the network
     net = C.load_classifier(args.classifier)
     k = min(len(samples), len(ref))
@@ -135,7 +137,8 @@ def scores(samples: torch.Tensor, ref: torch.Tensor, args, inception, device, re
         m = min(max(args.num_kid, args.num_fid), len(samples), len(ref))
         fa = metrics.inception_features(samples[:m], inception, device=device)
         if m not in ref_features:
-            ref_features[m] = metrics.inception_features(ref[:m], inception, device=device)
+            ref_features[m] = image_set_features(evaluate.ImageSet(args.ref, images=ref[:m]), inception,
+                                                 device=device, use_cache=args.inception_fp16 is None)
         fb = ref_features[m]
         n = min(args.num_kid, m)
         res["n_kid"] = n

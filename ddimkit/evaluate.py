@@ -25,8 +25,8 @@ from . import metrics
 from .checkpoint import atomic_write, write_json
 from .data import cache_dir, load_images, to_model_range, to_uint8
 
-__all__ = ["ImageSet", "read_image_set", "image_set_stats", "center_crop", "fid_table", "reconstruction_table", "round_trip",
-           "format_table"]
+__all__ = ["ImageSet", "read_image_set", "image_set_stats", "image_set_cache_path", "center_crop", "fid_table",
+           "reconstruction_table", "round_trip", "format_table"]
 
 
 @dataclass
@@ -83,12 +83,18 @@ def _cache_key(spec: str, num: int | None, shape) -> str:
     return f"{slug}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
+def image_set_cache_path(s: ImageSet, kind: str) -> Path:
+    """Where ddimkit's cache keeps what was measured of image set ``s`` (``kind``: ``fid-stats``,
+    ``fid-features``): keyed by the set's name (a file's path, size and time), count, shape and Inception."""
+    return cache_dir() / kind / f"{_cache_key(s.name, len(s.images), s.images.shape[1:])}.npz"
+
+
 def image_set_stats(s: ImageSet, model=None, batch_size: int = 50, device=None, use_cache: bool = True,
                     progress: bool = False) -> metrics.FIDStats:
     """FID statistics of an image set, from the cache when the same set was measured before."""
     if s.stats is not None:
         return s.stats
-    path = cache_dir() / "fid-stats" / f"{_cache_key(s.name, len(s.images), s.images.shape[1:])}.npz"
+    path = image_set_cache_path(s, "fid-stats")
     # Under a launcher rank 0's cache decides and is the one written: ranks may not share a disk.
     if use_cache and D.on_main(path.is_file):
         return D.on_main(metrics.load_stats, path)

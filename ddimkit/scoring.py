@@ -23,15 +23,8 @@ import torch
 from . import distributed as D
 from . import metrics
 from .checkpoint import atomic_write
-from .data import cache_dir
 
 __all__ = ["CellScorer", "image_set_features"]
-
-
-def _features_path(s) -> Path:
-    from .evaluate import _cache_key
-
-    return cache_dir() / "fid-features" / f"{_cache_key(s.name, len(s.images), s.images.shape[1:])}.npz"
 
 
 def _read_features(path: Path) -> np.ndarray:
@@ -50,7 +43,9 @@ def image_set_features(s, model=None, batch_size: int = 50, device=None, use_cac
 
     if s.images is None:
         raise ValueError(f"{s.name} holds statistics; KID needs the reference images")
-    path = _features_path(s)
+    from .evaluate import image_set_cache_path
+
+    path = image_set_cache_path(s, "fid-features")
     if use_cache and D.on_main(path.is_file):
         return D.on_main(_read_features, path)
     feats = sharded_features(s.images, model, batch_size, device, progress).astype(np.float32)
