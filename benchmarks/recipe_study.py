@@ -33,6 +33,7 @@ from ddimkit.train_config import DEFAULT_LR
 
 TIMESTEPS = (5, 25, 50, 100, 200, 300, 500, 700, 900, 990)
 
+
 class PatchUNet(nn.Module):
     """The UNet on 2×2 pixel patches: pixel_unshuffle in, pixel_shuffle out (a 28×28×1 image is 14×14×4).
 
