@@ -284,12 +284,11 @@ def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, 
 
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import recipe_study
+    from ddimkit import train_config
     from ddimkit.models import presets
 
     monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
     monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
-    from ddimkit import train_config
-
     rates = dict(train_config.DEFAULT_LR)  # _register adds the study's names; the test leaves no trace
     monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
     monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
