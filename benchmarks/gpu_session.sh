@@ -41,23 +41,29 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       importlib.util.find_spec("diffusers") is not None)
 PYEOF
 
+# PARTS picks parts, COLD_MODES the modes of the N=4096 part and L_COLD … L_TRAIN their limits (seconds), so
+# that a call with less device time left runs a subset, e.g. PARTS=cold,cold256 COLD_MODES=default.
+PARTS=${PARTS:-cold,cold256,warm,train}
 if [ "$QUICK" = 1 ]; then
   Q=(--quick); NS4096=(--cold-n 8); NS256=(--cold-n 4 --cold-modes default,no-compile)
-  L_COLD=60; L_SMALL=30; L_WARM=60; L_TRAIN=60; TRAIN_MODES=default,no-compile  # a CPU compile takes minutes
+  D=(60 30 60 60); TRAIN_MODES=default,no-compile  # a CPU compile takes minutes
 else
   Q=(); NS4096=(--cold-n 4096); NS256=(--cold-n 256 --cold-modes default,no-compile)
-  L_COLD=130; L_SMALL=20; L_WARM=70; L_TRAIN=70; TRAIN_MODES=compile,default
+  D=(130 20 70 70); TRAIN_MODES=compile,default
 fi
+L_COLD=${L_COLD:-${D[0]}}; L_SMALL=${L_SMALL:-${D[1]}}; L_WARM=${L_WARM:-${D[2]}}; L_TRAIN=${L_TRAIN:-${D[3]}}
+NS4096+=(--cold-modes "${COLD_MODES:-default,compile,no-compile}")
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 # 1. Cold sampling, the headline figure: N=4096 with the cache empty and filled, default/--compile/--no-compile.
-part cold "$L_COLD" "${Q[@]}" --parts cold "${NS4096[@]}"
+want cold && part cold "$L_COLD" "${Q[@]}" --parts cold "${NS4096[@]}"
 # 2. Cold sampling of a small job, where compiling cannot pay: the default must match --no-compile.
-part cold256 "$L_SMALL" "${Q[@]}" --parts cold "${NS256[@]}"
+want cold256 && part cold256 "$L_SMALL" "${Q[@]}" --parts cold "${NS256[@]}"
 # 3. Warm sampling (steady state), fp16 beside bf16, CUDA graphs on and off, diffusers beside. The cache the
 #    cold --compile run filled holds the default compiled graph (bf16, batch 256, CUDA graphs).
-TORCHINDUCTOR_CACHE_DIR="$WORK/cache-filled-${NS4096[1]}" part warm "$L_WARM" "${Q[@]}" --parts warm --iters 2
+want warm && TORCHINDUCTOR_CACHE_DIR="$WORK/cache-filled-${NS4096[1]}" part warm "$L_WARM" "${Q[@]}" --parts warm --iters 2
 # 4. Cold training, the first 200 steps: --compile (compile before the first step) then the default.
-part train "$L_TRAIN" "${Q[@]}" --parts train --train-modes "$TRAIN_MODES"
+want train && part train "$L_TRAIN" "${Q[@]}" --parts train --train-modes "$TRAIN_MODES"
 # At most 8 files come back: one markdown file with every part's table, beside the JSON files.
 for f in cold cold256 warm train; do
   [ -f "$OUT/$f.md" ] && { echo "## $f"; echo; cat "$OUT/$f.md"; echo; } >>"$OUT/tables.md" && rm "$OUT/$f.md"

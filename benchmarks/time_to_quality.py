@@ -6,6 +6,9 @@
     # GPU size: the DDPM CIFAR-10 layout with one channel at 32×32, 7.5 minutes each, FID on 10k
     python benchmarks/time_to_quality.py ... --preset ddpm-cifar10 --image-size 32 --minutes 7.5 --num-fid 10000
     python benchmarks/time_to_quality.py --quick          # seconds: checks the script on a CPU
+    # Two processes (two device calls whose transfers cannot hold the data and Inception together):
+    python benchmarks/time_to_quality.py ... --skip diffusers --stage train   # trains (a), writes train_info.json
+    python benchmarks/time_to_quality.py ... --skip diffusers --stage score   # samples and scores that run
 
 One after the other on one machine, it trains
   (a) ddimkit's default recipe (``ddimkit train --minutes M``, every other option at its default), and
@@ -41,6 +44,7 @@ from ddimkit.train import read_run_config
 TUTORIAL_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2,
                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                      up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+TRAIN_INFO = "train_info.json"  # what --stage train leaves for --stage score
 CIFAR_UNET = dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,
                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
@@ -62,9 +66,18 @@ def train_ddimkit(args, out: Path) -> tuple[dk.Pipeline, dict]:
     seconds = time.perf_counter() - t0
     pipe = result.pipeline  # the EMA weights, as saved; sampled in the fast path's precision
     pipe.precision = "bf16" if torch.cuda.is_available() else "fp32"
-    return pipe, dict(steps=result.step, seconds=seconds, images_per_second=result.images_per_second,
-                      params=sum(p.numel() for p in pipe.model.parameters()),
-                      recipe=read_run_config(out)["train"])
+    info = dict(steps=result.step, seconds=seconds, images_per_second=result.images_per_second,
+                params=sum(p.numel() for p in pipe.model.parameters()), recipe=read_run_config(out)["train"])
+    (out / TRAIN_INFO).write_text(json.dumps(info, indent=1, default=str) + "\n")
+    return pipe, info
+
+
+def trained_ddimkit(out: Path, device: torch.device) -> tuple[dk.Pipeline, dict]:
+    """The run a ``--stage train`` invocation left in ``out``, with the figures it noted."""
+    if not (out / TRAIN_INFO).is_file():
+        raise SystemExit(f"error: no {out / TRAIN_INFO}: run --stage train with the same --out first")
+    pipe = dk.load(out, device=device, precision="bf16" if device.type == "cuda" else "fp32")
+    return pipe, json.loads((out / TRAIN_INFO).read_text())
 
 
 def train_diffusers(args, images: torch.Tensor, device: torch.device) -> tuple[dk.Pipeline, dict]:
@@ -171,7 +184,12 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/time-to-quality")
     ap.add_argument("--quick", action="store_true", help="seconds: a check of the script on a CPU")
+    ap.add_argument("--stage", choices=("all", "train", "score"), default="all",
+                    help="train: only train (a) and note its figures in --out; score: sample and score the run a "
+                         "train stage left in --out (both need --skip diffusers)")
     args = ap.parse_args()
+    if args.stage != "all" and "diffusers" not in args.skip:
+        ap.error("--stage train/score splits ddimkit's recipe only: add --skip diffusers")
     if args.quick:
         args.minutes, args.num, args.num_kid, args.num_fid, args.save_every = 0.1, 24, 12, 0, 20
     return args
@@ -201,6 +219,10 @@ def main():
     args.precision = "bf16" if cuda else "fp32"
     if args.quick:
         args.preset = args.preset or "tiny"
+    if args.stage == "train":
+        if "ddimkit" not in args.skip:
+            print("ddimkit", train_ddimkit(args, out / "ddimkit")[1], flush=True)
+        return
     ref = load_images(args.ref)[: max(args.num, args.num_kid, args.num_fid)]
     train_images = load_images(args.data)
     inception = None
@@ -223,7 +245,8 @@ def main():
         if name in args.skip:
             continue
         if name == "ddimkit":
-            pipe, info = train_ddimkit(args, out / "ddimkit")
+            pipe, info = (trained_ddimkit(out / "ddimkit", device) if args.stage == "score"
+                          else train_ddimkit(args, out / "ddimkit"))
         else:
             size = args.image_size or (32 if args.preset == "ddpm-cifar10" else train_images.shape[-1])
             pipe, info = train_diffusers(args, fit_images(train_images, size), device)

@@ -308,3 +308,30 @@ def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, 
         torch.testing.assert_close(net(x, t), expected)
         again = dk.load(tmp_path / "p")
         torch.testing.assert_close(again.model(x, t), net(x, t))
+
+
+def test_time_to_quality_scores_in_a_second_process_what_the_first_trained(tmp_path, monkeypatch, capsys):
+    """benchmarks/time_to_quality.py --stage train/score (two device calls): the score stage samples the run the
+    train stage left, with its figures; without that run, or with diffusers' recipe, it says what is missing."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import time_to_quality as ttq
+
+    base = ["ttq", "--quick", "--skip", "diffusers", "--inception", str(tmp_path / "none.pt"), "--out"]
+    monkeypatch.setattr(sys, "argv", base + [str(tmp_path / "empty"), "--stage", "score"])
+    with pytest.raises(SystemExit, match="run --stage train with the same --out first"):
+        ttq.main()
+    monkeypatch.setattr(sys, "argv", ["ttq", "--quick", "--stage", "train"])
+    with pytest.raises(SystemExit):
+        ttq.main()
+    assert "add --skip diffusers" in capsys.readouterr().err
+    for stage in ("train", "score"):
+        monkeypatch.setattr(sys, "argv", base + [str(tmp_path / "run"), "--stage", stage])
+        ttq.main()
+        assert (tmp_path / "run" / "time_to_quality.json").is_file() == (stage == "score")
+    info = json.loads((tmp_path / "run" / "ddimkit" / ttq.TRAIN_INFO).read_text())
+    scored = json.loads((tmp_path / "run" / "time_to_quality.json").read_text())["recipes"]["ddimkit"]
+    assert info["steps"] >= 1 and scored["steps"] == info["steps"] and scored["params"] == info["params"]
+    assert 0.0 <= scored["recognised"] <= 1.0 and scored["n_classifier"] >= 12
