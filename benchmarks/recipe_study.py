@@ -55,6 +55,38 @@ class PatchUNet(nn.Module):
         return F.pixel_shuffle(self.unet(F.pixel_unshuffle(x, p), t), p)
 
 
+class SelfCondUNet(nn.Module):
+    """Self-conditioning (Chen et al. 2022, "Analog Bits", §3.2): the UNet also sees its own previous output.
+
+    Under x0-prediction (the default recipe) that output is x̂0. Training: for half of the batches the
+    network first predicts with an empty (zero) condition, without gradient, and is then trained with that
+    prediction as its condition; the other half train with the empty condition. Sampling (eval mode): each
+    call is conditioned on the previous call's output; a call at a timestep not below the last one, or with
+    another shape, starts a new trajectory with the empty condition. A study architecture only: the state
+    assumes one trajectory at a time, as the study's sampling and scoring do.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, **unet_kwargs):
+        super().__init__()
+        self.unet = UNet(in_channels=in_channels + out_channels, out_channels=out_channels, **unet_kwargs)
+        self.config = dict(in_channels=in_channels, out_channels=out_channels, **unet_kwargs)
+        self._prev = self._prev_t = None
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t_now = float(torch.as_tensor(t).reshape(-1)[0])
+        empty = x.new_zeros((x.shape[0], self.config["out_channels"], *x.shape[2:]))
+        if self.training:
+            cond = empty
+            if torch.rand(()) < 0.5:
+                with torch.no_grad():
+                    cond = self.unet(torch.cat([x, empty], 1), t).clamp(-1, 1)
+            return self.unet(torch.cat([x, cond], 1), t)
+        fresh = self._prev is None or self._prev.shape != empty.shape or t_now >= self._prev_t
+        out = self.unet(torch.cat([x, empty if fresh else self._prev.to(x.dtype)], 1), t)
+        self._prev, self._prev_t = out.detach().float().clamp(-1, 1), t_now
+        return out
+
+
 _TWO_LEVELS = dict(down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                    up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
 
@@ -70,6 +102,7 @@ ARCHS = {
     "p2-32-64": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64))),
     "p2-32-64-l2": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64), layers_per_block=2)),
     "p2-48-96": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(48, 96))),
+    "sc": (SelfCondUNet, {}),  # tiny's UNet with self-conditioning (one more input channel)
 }
 
 

@@ -11,6 +11,9 @@ recognised with confidence ≥ 0.9, and the classes among them.
 - ``split``: 100 DDIM steps, with η = 1 above a switch timestep and η = 0 below it, and the other way round.
   Where the noise helps, the deterministic path meets the network's errors.
 
+- ``--average K``: the network's weights are the mean of the EMA weights of the run's last K checkpoints
+  (a post-hoc stand-in for a longer EMA), to ask whether weight noise is what the deterministic path meets.
+
 One JSON line per cell goes to ``--out``.
 """
 
@@ -25,6 +28,7 @@ import torch
 
 import ddimkit as dk
 from ddimkit import classifier as C
+from ddimkit.checkpoint import read_checkpoint
 from ddimkit.data import to_uint8
 from ddimkit.denoiser import Denoiser
 from ddimkit.noise import randn
@@ -59,6 +63,15 @@ def split_sample(pipe, n: int, switch: int, eta_high: float, eta_low: float, ste
     return sample_ddim(den, x, ab, low, eta=eta_low, generator=g, final_alpha_cumprod=final).clamp(-1, 1)
 
 
+def averaged_weights(run: str, k: int) -> dict[str, torch.Tensor]:
+    """The mean of the EMA weights of the last ``k`` checkpoints of the run folder ``run``."""
+    ckpts = sorted(p for p in (Path(run) / "checkpoints").glob("step-*") if p.is_dir())
+    if len(ckpts) < k:
+        raise SystemExit(f"error: --average {k} needs {k} checkpoints in {run}/checkpoints, found {len(ckpts)}")
+    sds = [read_checkpoint(c)["model"] for c in ckpts[-k:]]
+    return {name: sum(sd[name].float() for sd in sds) / k for name in sds[0]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default="pretrained:mnist")
@@ -68,18 +81,22 @@ def main():
     ap.add_argument("--cells", default=STEP_CELLS, help="the steps cells, sampler:steps[:eta],...")
     ap.add_argument("--switch", default="700,400,150", help="switch timesteps of the split cells")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--average", type=int, default=1,
+                    help="average the EMA weights of the run's last K checkpoints (--ckpt a run folder)")
     ap.add_argument("--out", default="runs/sampler_diagnosis.jsonl")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = dk.load(args.ckpt, device="cpu")
+    if args.average > 1:
+        pipe.model.load_state_dict(averaged_weights(args.ckpt, args.average))
     net = C.load_classifier(args.classifier)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def report(cell: dict, x: torch.Tensor, t0: float):
         r = C.recognition(net, to_uint8(x))
-        cell.update(ckpt=args.ckpt, n=len(x), recognised=round(r.rate, 3), classes=r.classes_seen,
+        cell.update(ckpt=args.ckpt, average=args.average, n=len(x), recognised=round(r.rate, 3), classes=r.classes_seen,
                     seconds=round(time.perf_counter() - t0, 1))
         print(json.dumps(cell), flush=True)
         with open(out, "a") as f:

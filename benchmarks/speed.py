@@ -8,8 +8,9 @@ Parts (``--parts``, each under its own ``--part-timeout``; results are written t
 so a timeout loses only the rest of that part):
 
 - ``warm``: steady state after a warm-up call, as a long job sees it: DDIM-50 images/s for ddimkit's
-  compiled path in bf16 and fp16 (with and without CUDA graphs), eager bf16/fp16/fp32, and diffusers'
-  ``DDIMPipeline`` in fp32 and with an fp16 UNet (when diffusers is installed).
+  compiled path in bf16 and fp16 (with and without CUDA graphs), a bare ``torch.compile`` of the network
+  without the padding wrapper, eager bf16/fp16/fp32, and diffusers' ``DDIMPipeline`` with an fp16 UNet
+  (second: the machine's baseline) and in fp32 (when diffusers is installed).
 - ``warm-train``: training images/s in steady state, ddimkit compiled and eager, diffusers fp32 and bf16.
 - ``cold``: ``ddimkit sample`` in a new process, wall clock to N images (start-up, compile and writing
   included), for N in ``--cold-n``, with the default (``--compile auto``), ``--compile`` and
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -193,46 +195,64 @@ def _check(deadline: float, row: str):
         raise PartTimeout(row)
 
 
+def _diffusers_unet(ours, device):
+    import diffusers
+
+    cfg = {k: v for k, v in diffusers_config_from_unet(ours).items() if not k.startswith("_")}
+    unet = diffusers.UNet2DModel(**cfg).to(device).eval()
+    unet.load_state_dict(ours.state_dict())
+    return unet
+
+
+def warm_plan(ours, device, have_diffusers) -> list[tuple[str, Callable, bool]]:
+    """The warm part's rows, most telling first: (label, a function making the Pipeline or diffusers UNet,
+    CUDA graphs). On CUDA, after ddimkit's default, a diffusers fp16 row gives each session a baseline that
+    does not depend on ddimkit's build, and a bare ``torch.compile`` row (the sampler's own stride-0
+    timesteps, no padding wrapper: how compiled sampling ran before it) isolates the wrapper's cost."""
+    sched = dk.NoiseSchedule.linear()
+
+    def ddimkit(precision, compiled, model=None):
+        return lambda: dk.Pipeline(model() if model else ours, sched, "epsilon", precision=precision,
+                                   compile=compiled)
+
+    if device.type != "cuda":
+        rows = [("ddimkit eager fp32", ddimkit("fp32", False), False)]
+        return rows + ([("diffusers DDIMPipeline fp32", lambda: _diffusers_unet(ours, device), False)]
+                       if have_diffusers else [])
+    rows = [("ddimkit compiled bf16 + CUDA graphs", ddimkit("bf16", True), True)]
+    if have_diffusers:
+        rows.append(("diffusers DDIMPipeline fp16 UNet", lambda: _diffusers_unet(ours, device).half(), False))
+    rows += [("ddimkit compiled bf16", ddimkit("bf16", True), False),
+             ("ddimkit bare torch.compile bf16 (no padding wrapper)",
+              ddimkit("bf16", False, lambda: torch.compile(ours)), False),
+             ("ddimkit eager bf16", ddimkit("bf16", False), False),
+             ("ddimkit eager fp16", ddimkit("fp16", False), False),
+             ("ddimkit compiled fp16 + CUDA graphs", ddimkit("fp16", True), True),
+             ("ddimkit eager fp32", ddimkit("fp32", False), False)]
+    if have_diffusers:
+        rows.append(("diffusers DDIMPipeline fp32", lambda: _diffusers_unet(ours, device), False))
+    return rows
+
+
 def warm_part(args, res, out, ours, flops, device, have_diffusers, deadline):
     cuda = device.type == "cuda"
-    sched = dk.NoiseSchedule.linear()
-    # Most telling rows first: a part that runs out of time loses the least important ones.
-    plan = ([("bf16", True, True), ("bf16", True, False), ("bf16", False, False), ("fp16", False, False),
-             ("fp16", True, True), ("fp32", False, False)] if cuda else [("fp32", False, False)])
-    runs = {}
-    for precision, compiled, graphs in plan:
-        label = f"ddimkit {'compiled' if compiled else 'eager'} {precision}" + (" + CUDA graphs" if graphs else "")
-        runs[label] = (dk.Pipeline(ours, sched, "epsilon", precision=precision, compile=compiled), graphs)
-    for label, (pipe, graphs) in runs.items():
+    made = {}
+    for label, make, graphs in warm_plan(ours, device, have_diffusers):
         _check(deadline, label)
         os.environ["DDIMKIT_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the pipeline compiles
+        made[label] = m = make()
+        fn = (ddimkit_sampling(m, args.batch, args.steps) if label.startswith("ddimkit")
+              else diffusers_sampling(m, args.batch, args.steps, device))
         iters = 1 if "fp32" in label and cuda else args.iters  # fp32 is 10x slower: one call says enough
-        sec = timed(ddimkit_sampling(pipe, args.batch, args.steps), device, warmup=1, iters=iters)
+        sec = timed(fn, device, warmup=1, iters=iters)
         _sampling_row(res, label, args, sec, flops)
         write(res, out)
     os.environ.pop("DDIMKIT_CUDA_GRAPHS", None)
-    fast = next(iter(runs))
-    a = to_uint8(ddimkit_sampling(runs[fast][0], args.batch, args.steps)()).int()
-    b = to_uint8(ddimkit_sampling(runs["ddimkit eager fp32"][0], args.batch, args.steps)()).int()
+    fast = next(iter(made))
+    a = to_uint8(ddimkit_sampling(made[fast], args.batch, args.steps)()).int()
+    b = to_uint8(ddimkit_sampling(made["ddimkit eager fp32"], args.batch, args.steps)()).int()
     res["fast_path_pixel_diff"] = {"path": fast, "max": int((a - b).abs().max()),
                                    "mean": float((a - b).abs().float().mean())}
-    unet = cfg = None
-    if have_diffusers:
-        import copy
-
-        import diffusers
-
-        cfg = {k: v for k, v in diffusers_config_from_unet(ours).items() if not k.startswith("_")}
-        unet = diffusers.UNet2DModel(**cfg).to(device).eval()
-        unet.load_state_dict(ours.state_dict())
-        d_runs = {"diffusers DDIMPipeline fp16 UNet": copy.deepcopy(unet).half()} if cuda else {}
-        d_runs["diffusers DDIMPipeline fp32"] = unet
-        for label, m in d_runs.items():
-            _check(deadline, label)
-            sec = timed(diffusers_sampling(m, args.batch, args.steps, device), device, warmup=1,
-                        iters=1 if "fp32" in label and cuda else args.iters)
-            _sampling_row(res, label, args, sec, flops)
-            write(res, out)
 
 
 def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):

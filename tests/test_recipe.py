@@ -335,3 +335,31 @@ def test_time_to_quality_scores_in_a_second_process_what_the_first_trained(tmp_p
     scored = json.loads((tmp_path / "run" / "time_to_quality.json").read_text())["recipes"]["ddimkit"]
     assert info["steps"] >= 1 and scored["steps"] == info["steps"] and scored["params"] == info["params"]
     assert 0.0 <= scored["recognised"] <= 1.0 and scored["n_classifier"] >= 12
+
+
+def test_study_self_conditioning_sees_its_previous_output_along_one_path(monkeypatch):
+    """benchmarks/recipe_study.py's SelfCondUNet: in sampling, each call is conditioned on the last call's
+    (clipped) output, and a call at a timestep not below the last one starts again from an empty condition."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_study
+
+    torch.manual_seed(0)
+    net = recipe_study.SelfCondUNet(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+                                    up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, sample_size=8).eval()
+    seen = []
+    inner = net.unet.forward
+    monkeypatch.setattr(net.unet, "forward", lambda x, t: (seen.append(x[:, 1:].clone()), inner(x, t))[1])
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        first = net(x, torch.tensor([900, 900]))
+        net(x, torch.tensor([500, 500]))
+        net(x, torch.tensor([950, 950]))  # a new path
+    assert net.unet.conv_in.in_channels == 2
+    assert torch.equal(seen[0], torch.zeros_like(x)) and torch.equal(seen[2], torch.zeros_like(x))
+    torch.testing.assert_close(seen[1], first.clamp(-1, 1))
+    net.train()
+    seen.clear()
+    net(x, torch.tensor([10, 20]))  # training: one or two inner calls, the last one conditioned on the first
+    assert len(seen) in (1, 2) and torch.equal(seen[0], torch.zeros_like(x))
