@@ -8,7 +8,7 @@
 # one 64 MiB transfer, and a 7.5-minute run with its scoring does not fit one 10-minute command, so it runs
 # as two device calls on the same warm machine (each leaves what the next needs in /tmp):
 #
-#   STAGE=train bash benchmarks/gpu_quality.sh   carry [".carry/fashion_mnist.npz"], timeout_s 560
+#   STAGE=train bash benchmarks/gpu_quality.sh   carry [".carry/fashion_mnist.npz"], timeout_s 570
 #   STAGE=score bash benchmarks/gpu_quality.sh   carry [".carry/inception16.pt"] (then the speed parts)
 #   STAGE=all   bash benchmarks/gpu_quality.sh   both in one process (short MINUTES, data and Inception in /tmp)
 #   CPU check:  QUICK=1 OUT=/tmp/q STAGE=train bash benchmarks/gpu_quality.sh; then STAGE=score
