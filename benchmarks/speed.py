@@ -20,19 +20,16 @@ so a timeout loses only the rest of that part):
 
 Both libraries run the same random weights (the preset's UNet, loaded into diffusers' UNet2DModel). Ratios
 are the numbers to read: absolute times move with the machine. Writes JSON and a markdown table.
+The cold parts are in ``speed_cold.py``, the JSON and markdown in ``speed_report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +42,9 @@ from ddimkit.batching import forward_flops
 from ddimkit.data import to_uint8
 from ddimkit.models import create_model, diffusers_config_from_unet
 from ddimkit.train_config import cpu_has_native_bf16
+
+from speed_cold import cold_part, train_part
+from speed_report import PartTimeout, check, write
 
 # bf16 peak used for the "fraction of peak" column, by GPU name (TFLOP/s). For H100/H200 this is the ceiling
 # the project's GPU notes give for this sampling task (about 1,270 img/s x 50 steps x 12.4 GFLOP), which is
@@ -186,15 +186,6 @@ def main():
         write(res, out)
 
 
-class PartTimeout(Exception):
-    """The part's time limit passed; the message names the first row not measured."""
-
-
-def _check(deadline: float, row: str):
-    if time.perf_counter() > deadline:
-        raise PartTimeout(row)
-
-
 def _diffusers_unet(ours, device):
     import diffusers
 
@@ -238,7 +229,7 @@ def warm_part(args, res, out, ours, flops, device, have_diffusers, deadline):
     cuda = device.type == "cuda"
     made = {}
     for label, make, graphs in warm_plan(ours, device, have_diffusers):
-        _check(deadline, label)
+        check(deadline, label)
         os.environ["DDIMKIT_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the pipeline compiles
         made[label] = m = make()
         fn = (ddimkit_sampling(m, args.batch, args.steps) if label.startswith("ddimkit")
@@ -283,7 +274,7 @@ def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):
     steps, rounds = {}, {label: [] for label in train_runs}
     for r in range(args.rounds):
         for label, make in train_runs.items():
-            _check(deadline, label)
+            check(deadline, label)
             if label not in steps:
                 steps[label] = make()
             sec = timed(steps[label], device, warmup=3 if r == 0 else 1, iters=args.train_iters)
@@ -302,119 +293,6 @@ def _sampling_row(res, label, args, sec, flops):
     ips = args.batch / sec
     res["sampling"][label] = {"images_per_second": ips, "tflops": ips * args.steps * flops / 1e12}
     print(f"sampling  {label:40s} {ips:10.1f} img/s", flush=True)
-
-
-def make_checkpoint(preset: str, work: Path) -> Path:
-    """A run folder with the preset's random weights (one eager training step on the bundled digits)."""
-    run = work / f"ckpt-{preset}"
-    if (run / "latest").is_file():
-        return run
-    m = create_model(preset)
-    dk.train(dk.TrainConfig(data="mnist-5k", model=preset, out=str(run), steps=1, batch_size=8,
-                            channels=m.config["in_channels"], image_size=m.config["sample_size"], compile=False,
-                            save_every=0, sample_every=0, num_sample_images=0), progress=False)
-    return run
-
-
-def _run_cli(argv: list[str], cache: Path, timeout: float) -> dict:
-    """Wall clock of one ``ddimkit`` command in a new process, with its own TorchInductor cache folder."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "TORCH_LOGS": "recompiles"}
-    env.pop("DDIMKIT_CUDA_GRAPHS", None)
-    t0 = time.perf_counter()
-    try:
-        p = subprocess.run([sys.executable, "-m", "ddimkit", *argv], env=env, capture_output=True, text=True,
-                           timeout=max(1.0, timeout))
-    except subprocess.TimeoutExpired:
-        return {"timeout_s": round(timeout, 1)}
-    wall = time.perf_counter() - t0
-    row = {"wall_s": round(wall, 2), "returncode": p.returncode,
-           "recompiles": p.stderr.count("Recompiling function")}
-    if p.returncode:
-        row["error"] = p.stderr.strip().splitlines()[-1][:300] if p.stderr.strip() else ""
-    return row
-
-
-_MODE_FLAGS = {"default": [], "compile": ["--compile"], "no-compile": ["--no-compile"]}
-
-
-def cold_part(args, res, out, work, deadline):
-    """``ddimkit sample`` in new processes: each N with an empty cache, then again with the cache filled."""
-    ckpt = make_checkpoint(args.preset, work)
-    modes = [m for m in args.cold_modes.split(",") if m]
-    for n in args.cold_n:
-        filled = work / f"cache-filled-{n}"
-        shutil.rmtree(filled, ignore_errors=True)
-        # --compile with an empty cache fills `filled`; the rows after it read that cache.
-        plan = [(m, "empty") for m in modes if m != "default"] + [("default", "empty")] * ("default" in modes)
-        # Only a --compile run fills the cache; without one a "filled" row would read an empty folder.
-        plan += [(m, "filled") for m in modes if m != "no-compile"] * ("compile" in modes)
-        for mode, cache_state in plan:
-            row_name = f"N={n} {mode} cache {cache_state}"
-            _check(deadline, row_name)
-            cache = filled if (mode == "compile" and cache_state == "empty") or cache_state == "filled" else \
-                Path(tempfile.mkdtemp(prefix="empty-", dir=work))
-            argv = ["sample", "--ckpt", str(ckpt), "--num", str(n), "--steps", str(args.steps), "--sampler", "ddim",
-                    "--out", str(work / f"cold-{n}.npz"), *_MODE_FLAGS[mode]]
-            row = _run_cli(argv, cache, deadline - time.perf_counter())
-            if "wall_s" in row:
-                row["images_per_second"] = round(n / row["wall_s"], 1)
-            res["cold_sampling"][row_name] = row
-            print(f"cold      {row_name:40s} {row}", flush=True)
-            write(res, out)
-
-
-def train_part(args, res, out, work, deadline):
-    """``ddimkit train`` for the first ``--train-steps`` steps in new processes: compile included."""
-    m = create_model(args.preset)
-    for mode in [m for m in args.train_modes.split(",") if m]:
-        row_name = f"{args.train_steps} steps {mode}"
-        _check(deadline, row_name)
-        run = work / f"train-{mode}"
-        shutil.rmtree(run, ignore_errors=True)
-        argv = ["train", "--model", args.preset, "--data", "mnist-5k", "--out", str(run), "--steps",
-                str(args.train_steps), "--batch-size", str(args.train_batch), "--image-size",
-                str(m.config["sample_size"]), "--channels", str(m.config["in_channels"]), "--save-every", "0",
-                "--sample-every", "0", "--num-sample-images", "0", *_MODE_FLAGS[mode]]
-        row = _run_cli(argv, Path(tempfile.mkdtemp(prefix="train-cache-", dir=work)), deadline - time.perf_counter())
-        if "wall_s" in row:
-            row["images_per_second"] = round(args.train_steps * args.train_batch / row["wall_s"], 1)
-        res["cold_training"][row_name] = row
-        print(f"cold      {row_name:40s} {row}", flush=True)
-        write(res, out)
-
-
-def write(res: dict, out: Path):
-    """Write the JSON and a markdown table of what has been measured so far."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    peak = res.get("peak_bf16_tflops")
-    lines = [f"Device: {res['device']}, torch {res['torch']}; {res['preset']} ({res['params']:,} parameters, "
-             f"{res['gflop_per_forward']:.2f} GFLOP per forward)", "",
-             "Warm (steady state after a warm-up call):", "",
-             "| task | implementation | images/s | TFLOP/s | " + ("% of bf16 peak |" if peak else ""),
-             "|---|---|---|---|" + ("---|" if peak else "")]
-    for task, key, extra in (("sampling", "sampling", f"DDIM-{res['steps']}, batch {res['sampling_batch']}"),
-                             ("training", "training", f"batch {res['train_batch']}")):
-        for label, v in res[key].items():
-            pct = f" {100 * v['tflops'] / peak:.1f} |" if peak else ""
-            lines.append(f"| {task} ({extra}) | {label} | {v['images_per_second']:.1f} | {v['tflops']:.2f} |{pct}")
-    for key, title in (("cold_sampling", f"Cold `ddimkit sample` (new process, DDIM-{res['steps']})"),
-                       ("cold_training", "Cold `ddimkit train` (new process, compile included)")):
-        if res[key]:
-            lines += ["", f"{title}:", "", "| run | wall s | images/s | recompiles |", "|---|---|---|---|"]
-            for label, v in res[key].items():
-                wall = v.get("wall_s", f"timeout {v.get('timeout_s')}")
-                note = f" (exit {v['returncode']}: {v.get('error', '')})" if v.get("returncode") else ""
-                lines.append(f"| {label}{note} | {wall} | {v.get('images_per_second', '')} | "
-                             f"{v.get('recompiles', '')} |")
-    d = res.get("fast_path_pixel_diff")
-    if d:
-        lines += ["", f"{d['path']} vs eager fp32, same seeds: max pixel difference {d['max']} / 255, "
-                      f"mean {d['mean']:.3f}."]
-    if peak:
-        lines.append(f"FLOP ceiling for this sampling task: {res['sampling_ceiling_images_per_second']:.0f} images/s.")
-    lines += [f"Not measured: {s}" for s in res.get("skipped", [])]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
