@@ -106,6 +106,12 @@ ARCHS = {
 }
 
 
+def register_classes():
+    """Make the study's network classes known to the loader, so that its runs load in other scripts too."""
+    for cls in {c for c, _ in ARCHS.values()} - {UNet}:
+        presets.MODEL_CLASSES[cls.__name__] = cls
+
+
 def _register(arch: str) -> str:
     _, ch, size, kw = presets._PRESETS["tiny"]
     cls, arch_kw = ARCHS[arch]

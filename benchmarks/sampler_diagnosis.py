@@ -3,7 +3,7 @@
     python benchmarks/sampler_diagnosis.py --ckpt pretrained:mnist --classifier mnist --num 256
     python benchmarks/sampler_diagnosis.py --ckpt runs/x --only split --switch 700,400,150
 
-Every cell starts from the same noise (seed 0) and is scored by the shipped classifier: the share of samples
+Every cell starts from the same noise (seed 0, or `--seed` for the steps cells) and is scored by the shipped classifier: the share of samples
 recognised with confidence ≥ 0.9, and the classes among them.
 
 - ``steps``: DDIM η = 0 at 50, 200 and 1,000 steps (if they agree, the grid is not what limits η = 0),
@@ -34,6 +34,7 @@ from ddimkit.denoiser import Denoiser
 from ddimkit.noise import randn
 from ddimkit.samplers import sample_ddim
 from ddimkit.schedule import timesteps
+from recipe_study import register_classes
 
 STEP_CELLS = "ddim:50:0,ddim:200:0,ddim:1000:0,ddim:50:1,ddim:200:1,ddpm:1000"
 
@@ -80,6 +81,7 @@ def main():
     ap.add_argument("--only", choices=("steps", "split"), default=None)
     ap.add_argument("--cells", default=STEP_CELLS, help="the steps cells, sampler:steps[:eta],...")
     ap.add_argument("--switch", default="700,400,150", help="switch timesteps of the split cells")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the steps cells' starting noise")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--average", type=int, default=1,
                     help="average the EMA weights of the run's last K checkpoints (--ckpt a run folder)")
@@ -87,6 +89,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    register_classes()  # runs of the recipe study's own architectures load too
     pipe = dk.load(args.ckpt, device="cpu")
     if args.average > 1:
         pipe.model.load_state_dict(averaged_weights(args.ckpt, args.average))
@@ -106,8 +109,8 @@ def main():
         for sampler, steps, eta in parse_cells(args.cells):
             t0 = time.perf_counter()
             kw = {} if eta is None else {"eta": eta}
-            x = pipe.sample(args.num, sampler, steps=steps, generator=torch.Generator().manual_seed(0), **kw)
-            report(dict(sampler=sampler, steps=steps, eta=eta), x, t0)
+            x = pipe.sample(args.num, sampler, steps=steps, generator=torch.Generator().manual_seed(args.seed), **kw)
+            report(dict(sampler=sampler, steps=steps, eta=eta, seed=args.seed), x, t0)
     if args.only in (None, "split"):
         for switch in (int(s) for s in args.switch.split(",")):
             for eta_high, eta_low in ((1.0, 0.0), (0.0, 1.0)):

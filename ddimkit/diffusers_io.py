@@ -214,6 +214,9 @@ def export_diffusers(pipe, out: str | Path) -> Path:
     model = pipe.model
     if not isinstance(model, UNet):
         raise ValueError(f"only UNet models can be exported to diffusers, not {type(model).__name__}")
+    if pipe.self_condition:
+        raise ValueError("a self-conditioned model cannot be exported to diffusers: its pipelines do not feed "
+                         "the model its own estimate")
     out = Path(out)
     write_json(out / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
                                           "scheduler": ["diffusers", "DDPMScheduler"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .schedule import NoiseSchedule
+from .self_condition import with_estimate
 
 __all__ = [
     "PREDICTION_TYPES", "check_prediction_type", "levels", "add_noise", "to_x0_eps", "prediction_target",
@@ -156,7 +157,8 @@ def timestep_probabilities(schedule: NoiseSchedule, min_snr_gamma: float | None,
 
 def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Tensor, noise: torch.Tensor,
                   prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
-                  probabilities: torch.Tensor | None = None, input_noise: torch.Tensor | None = None) -> torch.Tensor:
+                  probabilities: torch.Tensor | None = None, input_noise: torch.Tensor | None = None,
+                  self_condition: bool | None = None) -> torch.Tensor:
     """Per-sample denoising loss: ‖model(x_t, t) - target‖² averaged over pixels (DDPM eq. 14, L_simple).
 
     The caller draws ``t`` and ``noise`` so that randomness stays explicit: ``t`` uniform over [0, T), or
@@ -164,11 +166,23 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Ten
     so that the expected loss is the uniform one. ``input_noise``, when given, replaces ``noise`` in the
     network's input x_t only, the target keeping ``noise``: input perturbation (Ning et al. 2023, eq. 9),
     which trains the network on inputs a little off the forward process, as a sampler's own errors make
-    them. Returns a tensor of shape (B,); take ``.mean()`` for the batch loss.
+    them. ``self_condition`` is ``None`` for a plain network; for a self-conditioned one
+    (:mod:`ddimkit.self_condition`) ``False`` gives it no estimate and ``True`` its own x̂0 from a first pass
+    without gradient, clipped to [-1, 1]; the caller draws which. Returns a tensor of shape (B,); take
+    ``.mean()`` for the batch loss.
     """
     prediction_type = check_prediction_type(prediction_type)
     a, s = levels(schedule, t, x0)
-    out = model(a * x0 + s * (noise if input_noise is None else input_noise), t)
+    x_t = a * x0 + s * (noise if input_noise is None else input_noise)
+    if self_condition is not None:
+        estimate = None
+        if self_condition:
+            with torch.no_grad():
+                first = model(with_estimate(x_t), t)
+                estimate = to_x0_eps(getattr(first, "sample", first).float(), x_t.float(), a, s,
+                                     prediction_type)[0].clamp(-1, 1)
+        x_t = with_estimate(x_t, estimate)
+    out = model(x_t, t)
     out = getattr(out, "sample", out)
     target = prediction_target(x0, noise, a, s, prediction_type)
     per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)

@@ -100,6 +100,11 @@ class Pipeline:
         return p.device if p is not None else torch.device("cpu")
 
     @property
+    def self_condition(self) -> bool:
+        """The network also takes its own last x̂0 (:mod:`ddimkit.self_condition`), as stored with the model."""
+        return bool(self.config.get("self_condition", False))
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the model works on."""
         cfg = getattr(self.model, "config", {}) or {}
@@ -108,7 +113,24 @@ class Pipeline:
             h, w = size
         else:
             h = w = int(size)
-        return int(cfg.get("in_channels", 1)), int(h), int(w)
+        c = int(cfg.get("in_channels", 1))
+        return (c // 2 if self.self_condition else c), int(h), int(w)
+
+    def _self_condition_mode(self, estimates: bool) -> str | None:
+        if not self.self_condition:
+            return None
+        return "feedback" if estimates else "empty"
+
+    def denoising_net(self, net: Callable | None = None) -> Callable:
+        """``net(x, t)`` (default: the model) on images of :attr:`image_shape`: itself, or for a
+        self-conditioned model given no estimate, as a sampler's first step is. For probes of time, memory
+        and FLOPs."""
+        net = self.model if net is None else net
+        if not self.self_condition:
+            return net
+        from .self_condition import with_estimate
+
+        return lambda x, t: net(with_estimate(x), t)
 
     def to(self, device) -> "Pipeline":
         self.model.to(device)
@@ -147,7 +169,8 @@ class Pipeline:
     def _batch_size(self, batch_size: int | None, n: int) -> int:
         """The user's batch size, else all n on the CPU and as many as fit on a GPU (:mod:`ddimkit.batching`)."""
         if batch_size is None:
-            batch_size = auto_batch_size(self._net(compiled=False), self.image_shape, n, self.device)
+            batch_size = auto_batch_size(self.denoising_net(self._net(compiled=False)), self.image_shape, n,
+                                         self.device)
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         return batch_size
@@ -163,7 +186,7 @@ class Pipeline:
                generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
                batch_size: int | None = None, x_T: torch.Tensor | None = None, callback: Callable | None = None,
                progress: bool = False, use_clipped_model_output: bool | None = None,
-               distributed: bool = False) -> torch.Tensor:
+               distributed: bool = False, estimates: bool = True) -> torch.Tensor:
         """Generate ``n`` images in [-1, 1], shape (n, C, H, W), on the CPU.
 
         The starting noise is drawn from ``generator`` first (all n at once), then the per-step noise from
@@ -189,6 +212,8 @@ class Pipeline:
             distributed: under ``torchrun``/``accelerate launch``, split the images of ``seeds`` across the
                 processes; every process returns all of them, identical to one process with the same batch
                 size (:mod:`ddimkit.sharded_sampling`).
+            estimates: for a self-conditioned model (:attr:`self_condition`), feed each step the x̂0 of the
+                step before (its sampler), or with ``False`` none (the path :meth:`invert` runs backwards).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -199,7 +224,7 @@ class Pipeline:
 
             return sample_sharded(self, seeds, batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                   clip_sample=clip_sample, callback=callback, progress=progress,
-                                  use_clipped_model_output=use_clipped_model_output)
+                                  use_clipped_model_output=use_clipped_model_output, estimates=estimates)
         shape = self.image_shape
         device = self.device
         if seeds is not None:
@@ -232,7 +257,8 @@ class Pipeline:
             for lo in range(0, n, batch_size):
                 g = gens[lo:lo + batch_size] if isinstance(gens, list) else gens
                 x = sample(net, x_T[lo:lo + batch_size].to(device), self.schedule, sampler=sampler, steps=steps,
-                           eta=eta, prediction_type=self.prediction_type, generator=g, callback=cb, **opts)
+                           eta=eta, prediction_type=self.prediction_type, generator=g, callback=cb,
+                           self_condition=self._self_condition_mode(estimates), **opts)
                 out.append(x.float().cpu())
         return torch.cat(out).clamp(-1, 1)
 
@@ -253,14 +279,15 @@ class Pipeline:
             x = images[lo:lo + batch_size].to(self.device).float()
             out.append(ddim_invert(net, x, self.schedule, steps, spacing, self.prediction_type, refine, callback,
                                    steps_offset=self.sampling["steps_offset"],
-                                   set_alpha_to_one=self.sampling["set_alpha_to_one"]).cpu())
+                                   set_alpha_to_one=self.sampling["set_alpha_to_one"],
+                                   self_condition=self._self_condition_mode(False)).cpu())
         return torch.cat(out)
 
     def reconstruct(self, x_T: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
                     batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
         """Decode noise with deterministic, unclipped DDIM on the same grid as :meth:`invert`."""
         return self.sample(x_T=x_T, sampler="ddim", steps=steps, eta=0.0, spacing=spacing or self.sampling["spacing"],
-                           clip_sample=None, batch_size=batch_size, progress=progress)
+                           clip_sample=None, batch_size=batch_size, progress=progress, estimates=False)
 
     def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float], steps: int = 50,
                     spacing: str | None = None, batch_size: int | None = None, inverted: bool = False) -> torch.Tensor:

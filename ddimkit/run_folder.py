@@ -46,7 +46,9 @@ def _create_model(cfg, channels: int, size: int) -> torch.nn.Module:
 
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-    return create_model(cfg.model, in_channels=channels, sample_size=size, **overrides)
+    # a self-conditioned network takes the image and its x̂0 estimate, and returns one image
+    return create_model(cfg.model, in_channels=channels * (2 if cfg.self_condition else 1), out_channels=channels,
+                        sample_size=size, **overrides)
 
 
 def _run_config(cfg, images: torch.Tensor, size: int, schedule: NoiseSchedule,
@@ -58,6 +60,7 @@ def _run_config(cfg, images: torch.Tensor, size: int, schedule: NoiseSchedule,
         "model": {"name": cfg.model, "class": type(model).__name__, "config": model.config},
         "schedule": schedule.config,
         "prediction_type": check_prediction_type(cfg.prediction),
+        "self_condition": cfg.self_condition,
         # ε̂ re-derived from the clipped x̂0 (improved-diffusion's DDIM): with diffusers' convention of keeping the
         # network's ε̂, a clipped x̂0 and an unclipped ε̂ disagree, which leaves speckled backgrounds on models
         # that are still weak at high noise.

@@ -14,6 +14,7 @@ from .denoiser import Denoiser
 from .noise import Generator
 from .samplers import invert_ddim, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .schedule import NoiseSchedule, timesteps
+from .self_condition import SelfConditioning
 
 __all__ = ["SAMPLERS", "sample", "ddim_invert", "check_eta"]
 
@@ -45,6 +46,23 @@ def _check_input(x: torch.Tensor, name: str):
         raise ValueError(f"{name} must be a batch (B, ...), got shape {tuple(x.shape)}")
 
 
+SELF_CONDITION = (None, "feedback", "empty")
+
+
+def _denoiser(model: Callable, self_condition: str | None, *args) -> tuple[Denoiser, Callable]:
+    """The :class:`Denoiser` of ``model`` and what the samplers call (:mod:`ddimkit.self_condition`): for a
+    plain network (``None``) both are the same; for a self-conditioned one, ``"feedback"`` gives each call
+    the x̂0 of the call before on a fresh trajectory, ``"empty"`` gives every call none."""
+    if self_condition not in SELF_CONDITION:
+        raise ValueError(f"self_condition must be one of {SELF_CONDITION}, got {self_condition!r}")
+    if self_condition is None:
+        d = Denoiser(model, *args)
+        return d, d
+    sc = SelfConditioning(model)
+    d = Denoiser(sc.net, *args)
+    return d, (sc.track(d) if self_condition == "feedback" else d)
+
+
 def _check_start(schedule: NoiseSchedule, grid: torch.Tensor, denoiser: Denoiser):
     if denoiser.prediction_type == "epsilon" and schedule.alphas_cumprod[grid[0]] == 0:
         raise ValueError("an epsilon-prediction model cannot start at zero SNR (ᾱ = 0); "
@@ -56,7 +74,7 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
            prediction_type: str = "epsilon", clip_sample: float | None = None, generator: Generator = None,
            callback: Callable | None = None, variance: str = "small", thresholding: float | None = None,
            sample_max_value: float = 1.0, use_clipped_model_output: bool = False, steps_offset: int = 0,
-           set_alpha_to_one: bool = True) -> torch.Tensor:
+           set_alpha_to_one: bool = True, self_condition: str | None = None) -> torch.Tensor:
     """Generate samples from the starting noise ``x_T``.
 
     Args:
@@ -78,6 +96,9 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
         use_clipped_model_output: re-derive ε̂ from the clipped x̂0 (off, as in diffusers' DDIM).
         steps_offset: added to a ``leading`` grid.
         set_alpha_to_one: the last step goes to ᾱ = 1 (the clean image); otherwise to ᾱ_0.
+        self_condition: ``None`` for a plain ``model``; for a self-conditioned one (2C input channels,
+            :mod:`ddimkit.self_condition`) ``"feedback"`` (each step sees the x̂0 of the step before: its
+            sampler) or ``"empty"`` (no step sees an estimate: a path that depends on (x, t) alone).
 
     Returns:
         The samples x_0, same shape and dtype as ``x_T``.
@@ -90,8 +111,8 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     eta = check_eta(eta)
-    denoiser = Denoiser(model, prediction_type, clip_sample, thresholding, sample_max_value,
-                        use_clipped_model_output)
+    denoiser, call = _denoiser(model, self_condition, prediction_type, clip_sample, thresholding, sample_max_value,
+                               use_clipped_model_output)
     grid = _grid(schedule, steps, spacing, steps_offset, schedule.num_train_timesteps if sampler == "ddpm" else 50)
     _check_start(schedule, grid, denoiser)
     ab = schedule.alphas_cumprod
@@ -100,29 +121,31 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
         if sampler == "ddpm" and eta not in (0.0, "large"):
             raise ValueError("eta applies to the ddim sampler; ddpm takes variance='small' or 'large'")
         variance = "large" if eta == "large" else variance
-        return sample_ddpm(denoiser, x_T, ab, grid, variance, generator, callback, final)
+        return sample_ddpm(call, x_T, ab, grid, variance, generator, callback, final)
     if sampler == "dpmpp-2m":
         if eta != 0:
             raise ValueError("dpmpp-2m is deterministic; eta must be 0")
-        return sample_dpmpp_2m(denoiser, x_T, ab, grid, callback, final)
-    return sample_ddim(denoiser, x_T, ab, grid, eta, generator, callback, final)
+        return sample_dpmpp_2m(call, x_T, ab, grid, callback, final)
+    return sample_ddim(call, x_T, ab, grid, eta, generator, callback, final)
 
 
 def ddim_invert(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule, steps: int | Sequence[int] = 50,
                 spacing: str = "leading", prediction_type: str = "epsilon", refine: int = 0,
                 callback: Callable | None = None, steps_offset: int = 0,
-                set_alpha_to_one: bool = True) -> torch.Tensor:
+                set_alpha_to_one: bool = True, self_condition: str | None = None) -> torch.Tensor:
     """Map images ``x0`` (in [-1, 1]) to the noise from which DDIM (η = 0, same grid) regenerates them.
 
     Deterministic and never clipped. ``refine`` fixed-point iterations per step (one model call each) make
-    the round trip ``sample(model, ddim_invert(model, x0, s), s, steps=...)`` near-exact.
+    the round trip ``sample(model, ddim_invert(model, x0, s), s, steps=...)`` near-exact. A self-conditioned
+    model inverts with ``self_condition="empty"``, and decodes the same way: the estimates a sampler feeds
+    back depend on the path taken, so only the path without them runs both ways.
 
     Returns:
         x_T at the highest grid point, same shape as ``x0``.
     """
     _check_input(x0, "x0")
-    denoiser = Denoiser(model, prediction_type)
+    denoiser, call = _denoiser(model, self_condition, prediction_type)
     grid = timesteps(schedule, steps, spacing, steps_offset)
     _check_start(schedule, grid, denoiser)
     final = 1.0 if set_alpha_to_one else float(schedule.alphas_cumprod[0])
-    return invert_ddim(denoiser, x0, schedule.alphas_cumprod, grid, refine, callback, final)
+    return invert_ddim(call, x0, schedule.alphas_cumprod, grid, refine, callback, final)

@@ -47,7 +47,7 @@ def _to_old_names(folder: Path):
     renamed = {}
     for k, v in sd.items():
         for new, old in OLD_NAMES.items():
-            if f".attentions." in k and f".{new}." in k:
+            if ".attentions." in k and f".{new}." in k:
                 k = k.replace(f".{new}.", f".{old}.")
         renamed[k] = v
     assert renamed.keys() != sd.keys()

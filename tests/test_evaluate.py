@@ -1,6 +1,5 @@
 """FID of image sets and the DDIM-table sweeps (with a stand-in feature network, and the real one if present)."""
 
-import os
 
 import numpy as np
 import pytest

@@ -111,8 +111,8 @@ def test_draw_batch_adds_perturbation_without_changing_the_rest():
     s = dk.NoiseSchedule.linear()
     plain = draw_batch(TrainConfig(batch_size=8, flip=True), 3, images, s, None)
     ip = draw_batch(TrainConfig(batch_size=8, flip=True, input_perturbation=0.1), 3, images, s, None)
-    assert plain[2] is None
-    for a, b in zip(plain[:2] + plain[3:], ip[:2] + ip[3:]):
+    assert plain[2] is None and plain[4] is None
+    for a, b in zip(plain[:2] + plain[3:4], ip[:2] + ip[3:4]):
         assert torch.equal(a, b)  # the images, noise and t of a run do not depend on the option
     d = ip[2] - ip[1]
     assert 0.05 < float(d.std()) < 0.15  # γ = 0.1 times unit noise
@@ -363,3 +363,27 @@ def test_study_self_conditioning_sees_its_previous_output_along_one_path(monkeyp
     seen.clear()
     net(x, torch.tensor([10, 20]))  # training: one or two inner calls, the last one conditioned on the first
     assert len(seen) in (1, 2) and torch.equal(seen[0], torch.zeros_like(x))
+
+
+def test_study_self_conditioning_is_the_library_option(monkeypatch):
+    """The study's SelfCondUNet and the library's --self-condition draw the same images from the same weights,
+    so the study's measurements are the option's."""
+    from pathlib import Path
+
+    from ddimkit.models.unet import UNet
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import recipe_study
+
+    kw = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+              norm_num_groups=4, sample_size=8)
+    torch.manual_seed(0)
+    study = recipe_study.SelfCondUNet(**kw)
+    lib = UNet(in_channels=2, out_channels=1, **kw)
+    lib.load_state_dict({k.removeprefix("unet."): v for k, v in study.state_dict().items()})
+    s, sampling = dk.NoiseSchedule.linear(), {"clip_sample": 1.0, "use_clipped_model_output": True}
+    a = dk.Pipeline(study, s, "sample", {}, sampling).sample(3, "ddim", steps=10,
+                                                          generator=torch.Generator().manual_seed(0))
+    b = dk.Pipeline(lib, s, "sample", {"self_condition": True}, sampling).sample(
+        3, "ddim", steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)

@@ -44,6 +44,8 @@ def register(sub):
                    help="draw t uniformly, or in proportion to its loss weight (default: %(default)s)")
     p.add_argument("--input-perturbation", type=float, default=d.input_perturbation, metavar="GAMMA",
                    help="train on x_t made with noise + GAMMA x fresh noise (0: off; default: %(default)s)")
+    p.add_argument("--self-condition", action="store_true",
+                   help="self-conditioning: the network also sees its own last x̂0 (default: off)")
     p.add_argument("--schedule", choices=("linear", "scaled-linear", "cosine", "sigmoid"), default=d.schedule)
     p.add_argument("--timesteps", type=positive_int, default=d.num_train_timesteps, help="training timesteps T")
     p.add_argument("--beta-start", type=positive_float, default=None)
