@@ -158,7 +158,7 @@ def timestep_probabilities(schedule: NoiseSchedule, min_snr_gamma: float | None,
 def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Tensor, noise: torch.Tensor,
                   prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
                   probabilities: torch.Tensor | None = None, input_noise: torch.Tensor | None = None,
-                  self_condition: bool | None = None) -> torch.Tensor:
+                  self_condition: bool | None = None, estimator=None) -> torch.Tensor:
     """Per-sample denoising loss: ‖model(x_t, t) - target‖² averaged over pixels (DDPM eq. 14, L_simple).
 
     The caller draws ``t`` and ``noise`` so that randomness stays explicit: ``t`` uniform over [0, T), or
@@ -168,8 +168,10 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Ten
     which trains the network on inputs a little off the forward process, as a sampler's own errors make
     them. ``self_condition`` is ``None`` for a plain network; for a self-conditioned one
     (:mod:`ddimkit.self_condition`) ``False`` gives it no estimate and ``True`` its own x̂0 from a first pass
-    without gradient, clipped to [-1, 1]; the caller draws which. Returns a tensor of shape (B,); take
-    ``.mean()`` for the batch loss.
+    without gradient, clipped to [-1, 1]; the caller draws which. ``estimator`` runs that first pass
+    (default: ``model``): the trainer passes the plain network, so that a compiled one is only ever called
+    with gradients on and compiles one graph. Returns a tensor of shape (B,); take ``.mean()`` for the batch
+    loss.
     """
     prediction_type = check_prediction_type(prediction_type)
     a, s = levels(schedule, t, x0)
@@ -178,7 +180,7 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Ten
         estimate = None
         if self_condition:
             with torch.no_grad():
-                first = model(with_estimate(x_t), t)
+                first = (model if estimator is None else estimator)(with_estimate(x_t), t)
                 estimate = to_x0_eps(getattr(first, "sample", first).float(), x_t.float(), a, s,
                                      prediction_type)[0].clamp(-1, 1)
         x_t = with_estimate(x_t, estimate)

@@ -196,6 +196,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     net = compile_for_training(model, cfg.compile, device, cfg.steps if isinstance(cfg.steps, int) else None,
                                local, (images.shape[1], size, size), cfg.minutes)
     net, optimizer = accelerator.prepare(net, optimizer)
+    plain = model  # self-conditioning's estimate pass runs it eager: the compiled net sees one grad mode only
 
     losses = _loss_log(out, start) if main else []
     pending: list[tuple[int, torch.Tensor]] = []
@@ -265,7 +266,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
                 group["lr"] = lr_at(k, cfg)
             with accelerator.autocast():
                 loss = training_loss(net, x0, schedule, t, noise, prediction_type, cfg.min_snr_gamma,
-                                     probs, noisy, estimate).mean()
+                                     probs, noisy, estimate, plain).mean()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if cfg.grad_clip:

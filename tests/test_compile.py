@@ -109,3 +109,24 @@ def test_training_compiles_once(tmp_path, monkeypatch):
         result = dk.train(cfg, progress=False)
     assert result.step == 4 and len(result.losses) == 4
     assert compiled_graphs() == 1
+
+
+def test_self_conditioned_training_compiles_once(tmp_path, monkeypatch):
+    """Self-conditioning's estimate pass (no gradient) runs the plain network, so the compiled one is only ever
+    called with gradients on: one graph, no recompile on a grad-mode guard."""
+    train_module = sys.modules["ddimkit.train"]
+
+    def two_channel_unet(cfg, channels, size):
+        torch.manual_seed(cfg.seed)
+        return create_model("tiny", sample_size=8, in_channels=2 * channels, out_channels=channels, **SMALL)
+
+    monkeypatch.setattr(train_module, "_create_model", two_channel_unet)
+    cfg = dk.TrainConfig(data="mnist-5k", model="tiny", out=str(tmp_path / "run"), steps=4, batch_size=4,
+                         image_size=8, compile=True, save_every=0, sample_every=0, log_every=1,
+                         num_sample_images=0, warmup=2, self_condition=True)
+    images = torch.zeros(10, 1, 8, 8, dtype=torch.uint8)
+    coins = [train_module.draw_batch(cfg, k, images, cfg.make_schedule(), None)[4] for k in range(4)]
+    assert True in coins and False in coins  # both kinds of step run
+    with recompiles_fatal_after_first():
+        result = dk.train(cfg, progress=False)
+    assert result.step == 4 and compiled_graphs() == 1

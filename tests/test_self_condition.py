@@ -48,6 +48,14 @@ def test_training_sees_zeros_or_its_own_clipped_estimate_without_gradient(predic
     torch.testing.assert_close(loss, error.pow(2).flatten(1).mean(1))  # unweighted: min_snr_gamma None
 
 
+def test_estimate_pass_runs_the_given_estimator():
+    model, estimator = SCNet(), SCNet()
+    x0, noise, t = torch.zeros(2, 1, 6, 6), torch.randn(2, 1, 6, 6), torch.tensor([100, 800])
+    training_loss(model, x0, S, t, noise, "sample", self_condition=True, estimator=estimator)
+    assert len(estimator.inputs) == 1 and estimator.grad == [False]  # the first pass, without gradient
+    assert len(model.inputs) == 1 and model.grad == [True]  # the trained pass only
+
+
 def test_min_snr_weighted_loss_of_the_estimate_pass_matches_its_closed_form():
     net = SCNet()
     g = torch.Generator().manual_seed(1)
