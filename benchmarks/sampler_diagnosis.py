@@ -3,8 +3,8 @@
     python benchmarks/sampler_diagnosis.py --ckpt pretrained:mnist --classifier mnist --num 256
     python benchmarks/sampler_diagnosis.py --ckpt runs/x --only split --switch 700,400,150
 
-Every cell starts from the same noise (seed 0, or `--seed` for the steps cells) and is scored by the shipped classifier: the share of samples
-recognised with confidence ≥ 0.9, and the classes among them.
+Every cell starts from the same noise (seed 0, or ``--seed`` for the steps cells) and is scored by the shipped
+classifier: the share of samples recognised with confidence ≥ 0.9, and the classes among them.
 
 - ``steps``: DDIM η = 0 at 50, 200 and 1,000 steps (if they agree, the grid is not what limits η = 0),
   DDIM η = 1 at 50 and 200, and DDPM at 1,000 (``--cells`` picks others).
@@ -28,7 +28,7 @@ import torch
 
 import ddimkit as dk
 from ddimkit import classifier as C
-from ddimkit.checkpoint import read_checkpoint
+from ddimkit.checkpoint import checkpoint_dirs, read_checkpoint
 from ddimkit.data import to_uint8
 from ddimkit.denoiser import Denoiser
 from ddimkit.noise import randn
@@ -66,7 +66,7 @@ def split_sample(pipe, n: int, switch: int, eta_high: float, eta_low: float, ste
 
 def averaged_weights(run: str, k: int) -> dict[str, torch.Tensor]:
     """The mean of the EMA weights of the last ``k`` checkpoints of the run folder ``run``."""
-    ckpts = sorted(p for p in (Path(run) / "checkpoints").glob("step-*") if p.is_dir())
+    ckpts = checkpoint_dirs(run)
     if len(ckpts) < k:
         raise SystemExit(f"error: --average {k} needs {k} checkpoints in {run}/checkpoints, found {len(ckpts)}")
     sds = [read_checkpoint(c)["model"] for c in ckpts[-k:]]
@@ -99,8 +99,8 @@ def main():
 
     def report(cell: dict, x: torch.Tensor, t0: float):
         r = C.recognition(net, to_uint8(x))
-        cell.update(ckpt=args.ckpt, average=args.average, n=len(x), recognised=round(r.rate, 3), classes=r.classes_seen,
-                    seconds=round(time.perf_counter() - t0, 1))
+        cell.update(ckpt=args.ckpt, average=args.average, n=len(x), recognised=round(r.rate, 3),
+                    classes=r.classes_seen, seconds=round(time.perf_counter() - t0, 1))
         print(json.dumps(cell), flush=True)
         with open(out, "a") as f:
             f.write(json.dumps(cell) + "\n")
@@ -109,7 +109,8 @@ def main():
         for sampler, steps, eta in parse_cells(args.cells):
             t0 = time.perf_counter()
             kw = {} if eta is None else {"eta": eta}
-            x = pipe.sample(args.num, sampler, steps=steps, generator=torch.Generator().manual_seed(args.seed), **kw)
+            g = torch.Generator().manual_seed(args.seed)
+            x = pipe.sample(args.num, sampler, steps=steps, generator=g, **kw)
             report(dict(sampler=sampler, steps=steps, eta=eta, seed=args.seed), x, t0)
     if args.only in (None, "split"):
         for switch in (int(s) for s in args.switch.split(",")):

@@ -44,10 +44,10 @@ from ddimkit.train import read_run_config
 TUTORIAL_UNET = dict(block_out_channels=(32, 64, 64), layers_per_block=2,
                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                      up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
-TRAIN_INFO = "train_info.json"  # what --stage train leaves for --stage score
 CIFAR_UNET = dict(block_out_channels=(128, 256, 256, 256), layers_per_block=2,
                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+TRAIN_INFO = "train_info.json"  # what --stage train leaves for --stage score
 
 
 def train_ddimkit(args, out: Path) -> tuple[dk.Pipeline, dict]:
@@ -65,18 +65,18 @@ def train_ddimkit(args, out: Path) -> tuple[dk.Pipeline, dict]:
     result = dk.train(dk.TrainConfig(**kw), progress=False)
     seconds = time.perf_counter() - t0
     pipe = result.pipeline  # the EMA weights, as saved; sampled in the fast path's precision
-    pipe.precision = "bf16" if torch.cuda.is_available() else "fp32"
+    pipe.precision = args.precision
     info = dict(steps=result.step, seconds=seconds, images_per_second=result.images_per_second,
                 params=sum(p.numel() for p in pipe.model.parameters()), recipe=read_run_config(out)["train"])
     (out / TRAIN_INFO).write_text(json.dumps(info, indent=1, default=str) + "\n")
     return pipe, info
 
 
-def trained_ddimkit(out: Path, device: torch.device) -> tuple[dk.Pipeline, dict]:
+def trained_ddimkit(args, out: Path, device: torch.device) -> tuple[dk.Pipeline, dict]:
     """The run a ``--stage train`` invocation left in ``out``, with the figures it noted."""
     if not (out / TRAIN_INFO).is_file():
         raise SystemExit(f"error: no {out / TRAIN_INFO}: run --stage train with the same --out first")
-    pipe = dk.load(out, device=device, precision="bf16" if device.type == "cuda" else "fp32")
+    pipe = dk.load(out, device=device, precision=args.precision)
     return pipe, json.loads((out / TRAIN_INFO).read_text())
 
 
@@ -245,7 +245,7 @@ def main():
         if name in args.skip:
             continue
         if name == "ddimkit":
-            pipe, info = (trained_ddimkit(out / "ddimkit", device) if args.stage == "score"
+            pipe, info = (trained_ddimkit(args, out / "ddimkit", device) if args.stage == "score"
                           else train_ddimkit(args, out / "ddimkit"))
         else:
             size = args.image_size or (32 if args.preset == "ddpm-cifar10" else train_images.shape[-1])

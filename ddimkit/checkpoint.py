@@ -162,8 +162,14 @@ def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tenso
     return final
 
 
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """A run's complete and incomplete ``checkpoints/step-*`` folders, oldest first."""
+    ckpts = Path(run_dir) / "checkpoints"
+    return sorted(p for p in ckpts.iterdir() if p.is_dir() and p.name.startswith("step-")) if ckpts.is_dir() else []
+
+
 def _prune(ckpts: Path, keep: int, current: Path):
-    done = sorted(p for p in ckpts.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    done = checkpoint_dirs(ckpts.parent)
     for old in done[:-keep] if keep > 0 else []:
         if old != current:
             shutil.rmtree(old, ignore_errors=True)
