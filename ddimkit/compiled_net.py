@@ -73,7 +73,8 @@ def compile_regions(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 
 class StaticBatchNet:
-    """Call a compiled ``net(x, t)`` always with ``batch_size`` rows, contiguous inputs and a (B,) ``t``.
+    """Call a compiled ``net(x, t)`` (or ``net(x, t, class_labels)``) always with ``batch_size`` rows,
+    contiguous inputs and a (B,) ``t``.
 
     Args:
         net: the compiled network.
@@ -88,7 +89,7 @@ class StaticBatchNet:
         self.net, self.batch_size, self.cuda_graphs = net, int(batch_size), cuda_graphs
         self._on_first_call = on_first_call
 
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t, *class_labels) -> torch.Tensor:
         n, b = x.shape[0], self.batch_size
         if n > b:
             raise ValueError(f"the network was compiled for batches of {b}, got {n}")
@@ -96,11 +97,12 @@ class StaticBatchNet:
         if n < b:  # zero rows: finite through every layer, and dropped below
             x = torch.cat([x, x.new_zeros((b - n, *x.shape[1:]))])
             t = torch.cat([t, t[:1].expand(b - n)])
+            class_labels = [torch.cat([y, y[:1].expand(b - n)]) for y in class_labels]
         x, t = x.contiguous(), t.contiguous()
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         start = time.perf_counter() if self._on_first_call else 0.0
-        out = self.net(x, t)
+        out = self.net(x, t, *class_labels)
         out = getattr(out, "sample", out)
         if self.cuda_graphs:
             out = out.clone()

@@ -63,6 +63,13 @@ def array_to_nchw(a: np.ndarray, name: str = "array") -> torch.Tensor:
 
 
 def _load_npz(path: str, key: str | None) -> torch.Tensor:
+    arr, key = read_npz_array(path, key)
+    return array_to_nchw(arr, f"{path}:{key}")
+
+
+def read_npz_array(path: str, key: str | None, keys_tried: tuple = _NPZ_KEYS) -> tuple[np.ndarray, str]:
+    """One array of an .npz file and its key; without a key, the first of ``keys_tried`` present, else the
+    only array that can hold images."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such .npz file: {path}")
@@ -70,7 +77,7 @@ def _load_npz(path: str, key: str | None) -> torch.Tensor:
         with np.load(p, allow_pickle=False) as z:
             keys = list(z.keys())
             if key is None:
-                key = next((k for k in _NPZ_KEYS if k in keys), None)
+                key = next((k for k in keys_tried if k in keys), None)
                 if key is None:
                     candidates = [k for k in keys if z[k].ndim in (3, 4)]
                     if len(candidates) != 1:
@@ -83,10 +90,10 @@ def _load_npz(path: str, key: str | None) -> torch.Tensor:
         raise
     except Exception as e:  # zipfile/np errors for a corrupt or non-npz file
         raise ValueError(f"cannot read {path} as .npz: {e}") from None
-    return array_to_nchw(arr, f"{path}:{key}")
+    return arr, key
 
 
-def _split_npz_spec(rest: str) -> tuple[str, str | None]:
+def split_npz_spec(rest: str) -> tuple[str, str | None]:
     if Path(rest).is_file() or ":" not in rest:
         return rest, None
     path, key = rest.rsplit(":", 1)
@@ -135,7 +142,8 @@ def _load_folder(folder: str, size: int | None, channels: int | None) -> torch.T
     return torch.cat([fit_images(im[None], size) for im in images])
 
 
-def _torchvision(name: str, train: bool) -> torch.Tensor:
+def torchvision_dataset(name: str, train: bool):
+    """A torchvision dataset (downloaded into the cache on first use)."""
     try:
         import torchvision  # noqa: F401
         from torchvision import datasets
@@ -145,10 +153,14 @@ def _torchvision(name: str, train: bool) -> torch.Tensor:
     cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
     root = cache_dir() / "datasets"
     try:
-        ds = cls(root=str(root), train=train, download=True)
+        return cls(root=str(root), train=train, download=True)
     except Exception as e:
         raise ValueError(f"could not download {name!r} into {root} (offline?): {e}; use npz:PATH or "
                          "folder:PATH instead") from None
+
+
+def _torchvision(name: str, train: bool) -> torch.Tensor:
+    ds = torchvision_dataset(name, train)
     data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()
     return array_to_nchw(np.asarray(data, dtype=np.uint8), name)
 
@@ -166,7 +178,7 @@ def load_images(spec: str, size: int | None = None, channels: int | None = None)
     elif name == "npz":
         if not rest:
             raise ValueError("npz: needs a path, as in npz:PATH or npz:PATH:KEY")
-        x = _load_npz(*_split_npz_spec(rest))
+        x = _load_npz(*split_npz_spec(rest))
     elif name == "mnist-5k":
         if rest and rest != "train":
             raise ValueError("mnist-5k has a single split")

@@ -155,10 +155,15 @@ def timestep_probabilities(schedule: NoiseSchedule, min_snr_gamma: float | None,
     return (1 - uniform_share) * w / w.sum() + uniform_share / len(w)
 
 
+def _with_labels(model, class_labels: torch.Tensor):
+    return lambda x, t: model(x, t, class_labels)
+
+
 def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Tensor, noise: torch.Tensor,
                   prediction_type: str = "epsilon", min_snr_gamma: float | None = None,
                   probabilities: torch.Tensor | None = None, input_noise: torch.Tensor | None = None,
-                  self_condition: bool | None = None, estimator=None) -> torch.Tensor:
+                  self_condition: bool | None = None, estimator=None,
+                  class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample denoising loss: ‖model(x_t, t) - target‖² averaged over pixels (DDPM eq. 14, L_simple).
 
     The caller draws ``t`` and ``noise`` so that randomness stays explicit: ``t`` uniform over [0, T), or
@@ -170,9 +175,12 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, t: torch.Ten
     (:mod:`ddimkit.self_condition`) ``False`` gives it no estimate and ``True`` its own x̂0 from a first pass
     without gradient, clipped to [-1, 1]; the caller draws which. ``estimator`` runs that first pass
     (default: ``model``): the trainer passes the plain network, so that a compiled one is only ever called
-    with gradients on and compiles one graph. Returns a tensor of shape (B,); take ``.mean()`` for the batch
-    loss.
+    with gradients on and compiles one graph. ``class_labels`` (B,) go to a class-conditional network as
+    ``model(x_t, t, class_labels)`` (:mod:`ddimkit.guidance`). Returns a tensor of shape (B,); take
+    ``.mean()`` for the batch loss.
     """
+    if class_labels is not None:
+        model, estimator = (None if m is None else _with_labels(m, class_labels) for m in (model, estimator))
     prediction_type = check_prediction_type(prediction_type)
     a, s = levels(schedule, t, x0)
     x_t = a * x0 + s * (noise if input_noise is None else input_noise)

@@ -26,7 +26,8 @@ from .schedule import NoiseSchedule
 __all__ = ["Pipeline", "load", "build_model", "load_weights", "default_device", "SAMPLING_DEFAULTS"]
 
 SAMPLING_DEFAULTS = dict(clip_sample=None, thresholding=None, sample_max_value=1.0, spacing="leading",
-                         steps_offset=0, set_alpha_to_one=True, variance="small", use_clipped_model_output=False)
+                         steps_offset=0, set_alpha_to_one=True, variance="small", use_clipped_model_output=False,
+                         guidance_scale=1.0)
 
 
 def default_device() -> torch.device:
@@ -105,6 +106,23 @@ class Pipeline:
         return bool(self.config.get("self_condition", False))
 
     @property
+    def num_classes(self) -> int | None:
+        """K for a class-conditional model (it takes labels 0 … K-1; :mod:`ddimkit.guidance`), else None."""
+        k = self.config.get("num_classes")
+        return k if k is not None else (getattr(self.model, "config", {}) or {}).get("num_class_embeds")
+
+    @property
+    def null_label(self) -> int | None:
+        """The label the model reads as "no class" (trained by label dropout), if it has one."""
+        return self.config.get("null_label")
+
+    def class_labels(self, labels=None, n: int = 1, default: str = "cycle") -> torch.Tensor | None:
+        """The label of each of ``n`` images (:func:`ddimkit.guidance.class_labels_for`)."""
+        from .guidance import class_labels_for
+
+        return class_labels_for(labels, n, self.num_classes, self.null_label, default)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the model works on."""
         cfg = getattr(self.model, "config", {}) or {}
@@ -126,6 +144,9 @@ class Pipeline:
         self-conditioned model given no estimate, as a sampler's first step is. For probes of time, memory
         and FLOPs."""
         net = self.model if net is None else net
+        if self.num_classes is not None:
+            plain = net
+            net = lambda x, t: plain(x, t, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))  # noqa: E731
         if not self.self_condition:
             return net
         from .self_condition import with_estimate
@@ -146,9 +167,9 @@ class Pipeline:
             model = compiled_sampling_net(self.model, self.compile, batch_size, self.image_shape, work,
                                           self._compiled) or model
 
-        def net(x, t):
+        def net(x, t, *class_labels):
             with _autocast(device, precision):
-                out = model(x, t)
+                out = model(x, t, *class_labels)
             return getattr(out, "sample", out).float()
 
         return net
@@ -186,7 +207,8 @@ class Pipeline:
                generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
                batch_size: int | None = None, x_T: torch.Tensor | None = None, callback: Callable | None = None,
                progress: bool = False, use_clipped_model_output: bool | None = None,
-               distributed: bool = False, estimates: bool = True) -> torch.Tensor:
+               distributed: bool = False, estimates: bool = True, class_labels=None,
+               guidance_scale: float | None = None) -> torch.Tensor:
         """Generate ``n`` images in [-1, 1], shape (n, C, H, W), on the CPU.
 
         The starting noise is drawn from ``generator`` first (all n at once), then the per-step noise from
@@ -214,6 +236,10 @@ class Pipeline:
                 size (:mod:`ddimkit.sharded_sampling`).
             estimates: for a self-conditioned model (:attr:`self_condition`), feed each step the x̂0 of the
                 step before (its sampler), or with ``False`` none (the path :meth:`invert` runs backwards).
+            class_labels: for a class-conditional model (:attr:`num_classes`), one label for all images or
+                one per image; default: image i gets label i mod K, so every class appears.
+            guidance_scale: classifier-free guidance's w (:mod:`ddimkit.guidance`; default: the model's,
+                1 = the conditional network alone).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -224,7 +250,8 @@ class Pipeline:
 
             return sample_sharded(self, seeds, batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                   clip_sample=clip_sample, callback=callback, progress=progress,
-                                  use_clipped_model_output=use_clipped_model_output, estimates=estimates)
+                                  use_clipped_model_output=use_clipped_model_output, estimates=estimates,
+                                  class_labels=class_labels, guidance_scale=guidance_scale)
         shape = self.image_shape
         device = self.device
         if seeds is not None:
@@ -242,6 +269,9 @@ class Pipeline:
         n = x_T.shape[0]
         self.check_images(x_T, "starting noise")
         opts = self._options(spacing, clip_sample, sampler, use_clipped_model_output)
+        if guidance_scale is not None:
+            opts["guidance_scale"] = guidance_scale
+        labels = self.class_labels(class_labels, n)
         batch_size = self._batch_size(batch_size, n)
         out = []
         nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)
@@ -258,18 +288,23 @@ class Pipeline:
                 g = gens[lo:lo + batch_size] if isinstance(gens, list) else gens
                 x = sample(net, x_T[lo:lo + batch_size].to(device), self.schedule, sampler=sampler, steps=steps,
                            eta=eta, prediction_type=self.prediction_type, generator=g, callback=cb,
-                           self_condition=self._self_condition_mode(estimates), **opts)
+                           self_condition=self._self_condition_mode(estimates),
+                           class_labels=None if labels is None else labels[lo:lo + batch_size],
+                           null_label=self.null_label, **opts)
                 out.append(x.float().cpu())
         return torch.cat(out).clamp(-1, 1)
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
                refine: int = 0, batch_size: int | None = None, progress: bool = False,
-               callback: Callable | None = None) -> torch.Tensor:
+               callback: Callable | None = None, class_labels=None) -> torch.Tensor:
         """DDIM-invert images in [-1, 1] (N, C, H, W) to their starting noise (see :func:`ddimkit.ddim_invert`).
 
-        ``callback`` is called after every step of every batch, as :meth:`sample`'s is."""
+        ``callback`` is called after every step of every batch, as :meth:`sample`'s is. A class-conditional
+        model inverts with ``class_labels`` (one, or one per image), by default with its null label; decode
+        with the same labels (:meth:`reconstruct`)."""
         self.check_images(images)
+        labels = self.class_labels(class_labels, images.shape[0], default="null")
         spacing = spacing or self.sampling["spacing"]
         batch_size = self._batch_size(batch_size, images.shape[0])
         n = images.shape[0]
@@ -280,27 +315,35 @@ class Pipeline:
             out.append(ddim_invert(net, x, self.schedule, steps, spacing, self.prediction_type, refine, callback,
                                    steps_offset=self.sampling["steps_offset"],
                                    set_alpha_to_one=self.sampling["set_alpha_to_one"],
-                                   self_condition=self._self_condition_mode(False)).cpu())
+                                   self_condition=self._self_condition_mode(False),
+                                   class_labels=None if labels is None else labels[lo:lo + batch_size]).cpu())
         return torch.cat(out)
 
     def reconstruct(self, x_T: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
-                    batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
-        """Decode noise with deterministic, unclipped DDIM on the same grid as :meth:`invert`."""
+                    batch_size: int | None = None, progress: bool = False, class_labels=None) -> torch.Tensor:
+        """Decode noise with deterministic, unclipped, unguided DDIM on the same grid and with the same class
+        labels as :meth:`invert`."""
         return self.sample(x_T=x_T, sampler="ddim", steps=steps, eta=0.0, spacing=spacing or self.sampling["spacing"],
-                           clip_sample=None, batch_size=batch_size, progress=progress, estimates=False)
+                           clip_sample=None, batch_size=batch_size, progress=progress, estimates=False,
+                           class_labels=self.class_labels(class_labels, x_T.shape[0], default="null"),
+                           guidance_scale=1.0)
 
     def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float], steps: int = 50,
-                    spacing: str | None = None, batch_size: int | None = None, inverted: bool = False) -> torch.Tensor:
+                    spacing: str | None = None, batch_size: int | None = None, inverted: bool = False,
+                    class_labels=None) -> torch.Tensor:
         """slerp between two noises (1, C, H, W) at each α and decode with DDIM η=0: (len(alphas), C, H, W).
 
         ``inverted=True`` says the noises come from :meth:`invert`: they are then decoded as
         :meth:`reconstruct` does (unclipped, on the inversion's grid), so that α = 0 and α = 1 give the
-        input images back. Clipping would move the decode off the path the inversion followed.
+        input images back. Clipping would move the decode off the path the inversion followed. A
+        class-conditional model decodes every point with ``class_labels`` (one label; default: the null label
+        as :meth:`invert` has).
         """
         zs = slerp(z0, z1, list(alphas))[:, 0]
         if inverted:
-            return self.reconstruct(zs, steps=steps, spacing=spacing, batch_size=batch_size)
-        return self.sample(x_T=zs, sampler="ddim", steps=steps, eta=0.0, spacing=spacing, batch_size=batch_size)
+            return self.reconstruct(zs, steps=steps, spacing=spacing, batch_size=batch_size, class_labels=class_labels)
+        return self.sample(x_T=zs, sampler="ddim", steps=steps, eta=0.0, spacing=spacing, batch_size=batch_size,
+                           class_labels=self.class_labels(class_labels, len(zs), default="null"))
 
 
 class _NullBar:

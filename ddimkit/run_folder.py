@@ -29,8 +29,16 @@ def _size_multiple(model_name: str) -> int:
 
 
 def _prepare_data(cfg):
-    """Load the dataset (uint8, CPU) and settle image size and channels."""
+    """Load the dataset (uint8, CPU) and settle image size and channels; its labels for a class-conditional
+    run (else None)."""
     images = load_images(cfg.data, channels=cfg.channels)
+    labels = None
+    if cfg.class_conditional:
+        from .labels import load_labels
+
+        labels = load_labels(cfg.data)
+        if len(labels) != len(images):
+            raise ValueError(f"{cfg.data} has {len(labels)} labels for {len(images)} images")
     size = cfg.image_size
     if size is None:
         native = max(images.shape[2:])
@@ -38,21 +46,23 @@ def _prepare_data(cfg):
         size = math.ceil(native / mult) * mult
     from .data import fit_images
 
-    return fit_images(images, size), size
+    return fit_images(images, size), size, labels
 
 
-def _create_model(cfg, channels: int, size: int) -> torch.nn.Module:
+def _create_model(cfg, channels: int, size: int, classes: int | None = None) -> torch.nn.Module:
     from .models import create_model
 
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone
     overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    if classes is not None:  # one more label than classes: the null label of label dropout
+        overrides["num_class_embeds"] = classes + 1
     # a self-conditioned network takes the image and its x̂0 estimate, and returns one image
     return create_model(cfg.model, in_channels=channels * (2 if cfg.self_condition else 1), out_channels=channels,
                         sample_size=size, **overrides)
 
 
 def _run_config(cfg, images: torch.Tensor, size: int, schedule: NoiseSchedule,
-                model: torch.nn.Module) -> dict:
+                model: torch.nn.Module, classes: int | None = None) -> dict:
     from . import __version__
 
     return {
@@ -61,10 +71,14 @@ def _run_config(cfg, images: torch.Tensor, size: int, schedule: NoiseSchedule,
         "schedule": schedule.config,
         "prediction_type": check_prediction_type(cfg.prediction),
         "self_condition": cfg.self_condition,
+        # K classes; label K is the null label, trained when label_dropout > 0
+        "num_classes": classes,
+        "null_label": classes if classes is not None and cfg.label_dropout > 0 else None,
         # ε̂ re-derived from the clipped x̂0 (improved-diffusion's DDIM): with diffusers' convention of keeping the
         # network's ε̂, a clipped x̂0 and an unclipped ε̂ disagree, which leaves speckled backgrounds on models
         # that are still weak at high noise.
-        "sampling": {**SAMPLING_DEFAULTS, "clip_sample": cfg.clip_sample, "use_clipped_model_output": True},
+        "sampling": {**SAMPLING_DEFAULTS, "clip_sample": cfg.clip_sample, "use_clipped_model_output": True,
+                     "guidance_scale": cfg.guidance_scale},
         "data": {"spec": cfg.data, "num_images": int(images.shape[0]), "channels": int(images.shape[1]),
                  "image_size": size, "flip": cfg.flip},
         "train": asdict(cfg),

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from .denoiser import Denoiser
+from .guidance import conditioned
 from .noise import Generator
 from .samplers import invert_ddim, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .schedule import NoiseSchedule, timesteps
@@ -46,6 +47,13 @@ def _check_input(x: torch.Tensor, name: str):
         raise ValueError(f"{name} must be a batch (B, ...), got shape {tuple(x.shape)}")
 
 
+def _labels(class_labels, x: torch.Tensor) -> torch.Tensor:
+    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+    if labels.numel() != x.shape[0]:
+        raise ValueError(f"got {labels.numel()} class labels for a batch of {x.shape[0]}")
+    return labels
+
+
 SELF_CONDITION = (None, "feedback", "empty")
 
 
@@ -74,7 +82,9 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
            prediction_type: str = "epsilon", clip_sample: float | None = None, generator: Generator = None,
            callback: Callable | None = None, variance: str = "small", thresholding: float | None = None,
            sample_max_value: float = 1.0, use_clipped_model_output: bool = False, steps_offset: int = 0,
-           set_alpha_to_one: bool = True, self_condition: str | None = None) -> torch.Tensor:
+           set_alpha_to_one: bool = True, self_condition: str | None = None,
+           class_labels: torch.Tensor | None = None, guidance_scale: float = 1.0,
+           null_label: int | None = None) -> torch.Tensor:
     """Generate samples from the starting noise ``x_T``.
 
     Args:
@@ -99,6 +109,10 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
         self_condition: ``None`` for a plain ``model``; for a self-conditioned one (2C input channels,
             :mod:`ddimkit.self_condition`) ``"feedback"`` (each step sees the x̂0 of the step before: its
             sampler) or ``"empty"`` (no step sees an estimate: a path that depends on (x, t) alone).
+        class_labels: for a class-conditional ``model(x, t, class_labels)``, a LongTensor (B,) of labels.
+        guidance_scale: classifier-free guidance's w (:mod:`ddimkit.guidance`): 1 (the conditional network
+            alone), 0 (the unconditional one) or more; any value but 1 needs ``null_label``.
+        null_label: the label the network was trained to read as "no class".
 
     Returns:
         The samples x_0, same shape and dtype as ``x_T``.
@@ -111,6 +125,8 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     eta = check_eta(eta)
+    if class_labels is not None:
+        model = conditioned(model, _labels(class_labels, x_T), guidance_scale, null_label)
     denoiser, call = _denoiser(model, self_condition, prediction_type, clip_sample, thresholding, sample_max_value,
                                use_clipped_model_output)
     grid = _grid(schedule, steps, spacing, steps_offset, schedule.num_train_timesteps if sampler == "ddpm" else 50)
@@ -132,18 +148,22 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
 def ddim_invert(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule, steps: int | Sequence[int] = 50,
                 spacing: str = "leading", prediction_type: str = "epsilon", refine: int = 0,
                 callback: Callable | None = None, steps_offset: int = 0,
-                set_alpha_to_one: bool = True, self_condition: str | None = None) -> torch.Tensor:
+                set_alpha_to_one: bool = True, self_condition: str | None = None,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Map images ``x0`` (in [-1, 1]) to the noise from which DDIM (η = 0, same grid) regenerates them.
 
     Deterministic and never clipped. ``refine`` fixed-point iterations per step (one model call each) make
     the round trip ``sample(model, ddim_invert(model, x0, s), s, steps=...)`` near-exact. A self-conditioned
     model inverts with ``self_condition="empty"``, and decodes the same way: the estimates a sampler feeds
-    back depend on the path taken, so only the path without them runs both ways.
+    back depend on the path taken, so only the path without them runs both ways. A class-conditional
+    model takes ``class_labels`` (B,), and decodes with the same labels, unguided.
 
     Returns:
         x_T at the highest grid point, same shape as ``x0``.
     """
     _check_input(x0, "x0")
+    if class_labels is not None:
+        model = conditioned(model, _labels(class_labels, x0))
     denoiser, call = _denoiser(model, self_condition, prediction_type)
     grid = timesteps(schedule, steps, spacing, steps_offset)
     _check_start(schedule, grid, denoiser)

@@ -53,6 +53,9 @@ def sample_share(pipe, seeds: Sequence[int], batch_size: int | None = None, **kw
         mine = D.shard(len(seeds), bs)
         if not D.is_main():
             kw = {**kw, "progress": False, "callback": None}
+        labels = pipe.class_labels(kw.get("class_labels"), len(seeds))  # image i's label, for any process count
+        if labels is not None:
+            kw = {**kw, "class_labels": labels[mine.start:mine.stop]}
         if len(mine):
             images = pipe.sample(seeds=seeds[mine.start:mine.stop], batch_size=bs, **kw)
         else:  # more processes than batches: this one only joins the gather

@@ -98,10 +98,12 @@ def replan_now(done: int, planned: float) -> bool:
 
 
 def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSchedule,
-               probs: torch.Tensor | None) -> tuple:
-    """Step k's whole batch (x0, noise, perturbed noise or None, t, self-conditioning), drawn from the step's
-    own seed. The last is ``None`` without self-conditioning, else whether this batch trains with the
-    network's own estimate (half of the batches; :mod:`ddimkit.self_condition`).
+               probs: torch.Tensor | None, labels: torch.Tensor | None = None) -> tuple:
+    """Step k's whole batch (x0, noise, perturbed noise or None, t, class labels or None, self-conditioning),
+    drawn from the step's own seed. The labels are the images' ``labels``, a ``cfg.label_dropout`` share of
+    them replaced by the null label K (:mod:`ddimkit.guidance`). The last is ``None`` without
+    self-conditioning, else whether this batch trains with the network's own estimate (half of the batches;
+    :mod:`ddimkit.self_condition`).
 
     Every process draws the same global batch and keeps its shard, so a run's images and noise do not
     depend on the number of processes, and a resumed run draws what an uninterrupted one would.
@@ -119,8 +121,12 @@ def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSc
     if cfg.input_perturbation:
         # drawn after the flips, so that a run without perturbation draws exactly what it always did
         noisy = noise + cfg.input_perturbation * torch.randn(x0.shape, generator=g)
-    estimate = bool(torch.rand((), generator=g) < 0.5) if cfg.self_condition else None  # drawn last, likewise
-    return x0, noise, noisy, t, estimate
+    estimate = bool(torch.rand((), generator=g) < 0.5) if cfg.self_condition else None  # drawn later, likewise
+    y = None
+    if labels is not None:  # drawn last, likewise
+        y = labels[idx]
+        y = torch.where(torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout, int(labels.max()) + 1, y)
+    return x0, noise, noisy, t, y, estimate
 
 
 def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None = None,
@@ -156,12 +162,15 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     deadline = Deadline(cfg.minutes, lambda x: accelerate_broadcast(x.to(device)).cpu(), world)
 
     schedule = cfg.make_schedule()
-    images, size = _prepare_data(cfg)
-    model = _create_model(cfg, images.shape[1], size)
-    run_cfg = _run_config(cfg, images, size, schedule, model)
+    images, size, labels = _prepare_data(cfg)
+    classes = None if labels is None else int(labels.max()) + 1
+    model = _create_model(cfg, images.shape[1], size, classes)
+    run_cfg = _run_config(cfg, images, size, schedule, model, classes)
     in_channels = model.config.get("in_channels", images.shape[1])  # twice the image's when self-conditioned
+    zero = torch.zeros(1, dtype=torch.long)
     precision = training_precision(cfg.mixed_precision, cuda, lambda: forward_flops(
-        model, torch.zeros(1, in_channels, size, size), torch.zeros(1, dtype=torch.long)))
+        model if classes is None else lambda x, t: model(x, t, zero), torch.zeros(1, in_channels, size, size),
+        zero))
     # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision; a
     # Python session that trains twice (bf16, then fp32) needs a fresh one. The process group is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -258,15 +267,15 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         while not isinstance(cfg.steps, int) or step < cfg.steps:
             step += 1
             k = step - 1  # 0-based index: seeds and the learning rate depend on it alone
-            *batch, estimate = draw_batch(cfg, k, images, schedule, probs)
-            x0, noise, noisy, t = (None if v is None else v[rank * local:(rank + 1) * local].to(device)
-                                   for v in batch)
+            *batch, estimate = draw_batch(cfg, k, images, schedule, probs, labels)
+            x0, noise, noisy, t, y = (None if v is None else v[rank * local:(rank + 1) * local].to(device)
+                                      for v in batch)
             torch.manual_seed(cfg.seed * _SEED_STRIDE + k)  # dropout
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(k, cfg)
             with accelerator.autocast():
                 loss = training_loss(net, x0, schedule, t, noise, prediction_type, cfg.min_snr_gamma,
-                                     probs, noisy, estimate, plain).mean()
+                                     probs, noisy, estimate, plain, y).mean()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if cfg.grad_clip:

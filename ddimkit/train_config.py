@@ -43,6 +43,12 @@ class TrainConfig:
             ε + γξ (ξ fresh noise) and is trained on the target of ε; 0 turns it off.
         self_condition: self-conditioning (:mod:`ddimkit.self_condition`): the network also takes its own
             last x̂0 (one more input channel per image channel); about 13% more time a step for `tiny`.
+        class_conditional: train on the data's class labels (:mod:`ddimkit.labels`); the network then takes
+            a label, and sampling can guide by it (:mod:`ddimkit.guidance`).
+        label_dropout: the share of labels replaced by the null label, so that the network also learns
+            to predict without a class (classifier-free guidance needs it; 0 turns it off).
+        guidance_scale: the classifier-free guidance scale stored with the model as its sampling default
+            (1: the conditional network alone; see :mod:`ddimkit.guidance`).
         schedule, num_train_timesteps, beta_start, beta_end: the noise schedule.
         image_size, channels: fit the data to this size / channel count (default: from the data).
         flip: random horizontal flips.
@@ -76,6 +82,9 @@ class TrainConfig:
     timestep_sampling: str = "uniform"
     input_perturbation: float = 0.0
     self_condition: bool = False
+    class_conditional: bool = False
+    label_dropout: float = 0.1
+    guidance_scale: float = 1.0
     schedule: str = "linear"
     num_train_timesteps: int = 1000
     beta_start: float | None = None
@@ -105,6 +114,12 @@ class TrainConfig:
             raise ValueError(f"timestep_sampling must be uniform or importance, got {self.timestep_sampling!r}")
         if not 0 <= self.input_perturbation <= 1:
             raise ValueError(f"input_perturbation must lie in [0, 1], got {self.input_perturbation}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale != 1 and not (self.class_conditional and self.label_dropout > 0):
+            raise ValueError("guidance_scale other than 1 needs class_conditional with label_dropout > 0")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         for name in ("steps", "batch_size"):

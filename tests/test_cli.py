@@ -209,9 +209,10 @@ def test_demo_trains_for_its_minutes_scores_and_resumes(tmp_path, capsys):
     import json
 
     report = json.loads((out / "demo.json").read_text())
-    for key in ("ddim_50_recognised", "ddpm_1000_recognised"):
-        assert 0.0 <= report[key] <= 1.0
-    assert (out / "ddim_50.png").is_file() and (out / "ddpm_1000.png").is_file()
+    for key in ("ddim_50", "ddpm_1000", "ddim_50_guidance_1"):
+        assert 0.0 <= report[f"{key}_recognised"] <= 1.0 and (out / f"{key}.png").is_file()
+    config = json.loads((out / "config.json").read_text())  # the class-conditional, guided recipe
+    assert (config["num_classes"], config["sampling"]["guidance_scale"]) == (10, 3.0)
     # the shipped model's part: every sampler scored, a round trip that gives the digits back, the figures
     for key in ("ddpm_1000", "ddim_50", "ddim_20", "ddim_10"):
         assert 0.0 <= report[f"pretrained_{key}_recognised"] <= 1.0

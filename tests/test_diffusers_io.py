@@ -250,7 +250,10 @@ def test_bad_folders(folder, tmp_path, capsys):
     d = copy("class_cond")
     cfg = json.loads((d / "unet" / "config.json").read_text())
     (d / "unet" / "config.json").write_text(json.dumps({**cfg, "num_class_embeds": 10}))
-    _error(capsys, d, "num_class_embeds")
+    _error(capsys, d, "weights do not fit", "class_embedding")  # a class table the weights lack
+    cfg["class_embed_type"] = "timestep"
+    (d / "unet" / "config.json").write_text(json.dumps({**cfg, "num_class_embeds": 10}))
+    _error(capsys, d, "class_embed_type")
     d = copy("learned_var")
     cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
     (d / "scheduler" / "scheduler_config.json").write_text(json.dumps({**cfg, "variance_type": "learned_range"}))

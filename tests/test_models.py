@@ -297,7 +297,6 @@ def test_config_from_diffusers_bookkeeping():
 @pytest.mark.parametrize("field,value", [
     ("_class_name", "UNet2DConditionModel"),
     ("class_embed_type", "timestep"),
-    ("num_class_embeds", 10),
     ("time_embedding_type", "fourier"),
     ("down_block_types", ["DownBlock2D", "SkipDownBlock2D", "DownBlock2D", "DownBlock2D"]),
     ("up_block_types", ["UpBlock2D", "UpBlock2D", "AttnSkipUpBlock2D", "UpBlock2D"]),

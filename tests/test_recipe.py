@@ -111,7 +111,7 @@ def test_draw_batch_adds_perturbation_without_changing_the_rest():
     s = dk.NoiseSchedule.linear()
     plain = draw_batch(TrainConfig(batch_size=8, flip=True), 3, images, s, None)
     ip = draw_batch(TrainConfig(batch_size=8, flip=True, input_perturbation=0.1), 3, images, s, None)
-    assert plain[2] is None and plain[4] is None
+    assert plain[2] is None and plain[-1] is None
     for a, b in zip(plain[:2] + plain[3:4], ip[:2] + ip[3:4]):
         assert torch.equal(a, b)  # the images, noise and t of a run do not depend on the option
     d = ip[2] - ip[1]

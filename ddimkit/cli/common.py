@@ -36,6 +36,10 @@ def positive_float(text: str) -> float:
     return _parsed(text, float, lambda v: v > 0, "a positive number")
 
 
+def non_negative_float(text: str) -> float:
+    return _parsed(text, float, lambda v: v >= 0, "a number >= 0")
+
+
 def eta_value(text: str) -> float | str:
     """DDIM's η: a number >= 0, or ``large`` for the σ̂ variant."""
     if text == "large":

@@ -7,9 +7,9 @@ import math
 
 import torch
 
-from .common import (UsageError, add_ckpt_args, add_grid_args, eta_value, float_list, join_launch, load_pipeline,
-                     non_negative_int, positive_float, positive_int, read_tensor_file, writable_file,
-                     write_tensor_file)
+from .common import (UsageError, add_ckpt_args, add_grid_args, eta_value, float_list, int_list, join_launch,
+                     load_pipeline, non_negative_float, non_negative_int, positive_float, positive_int,
+                     writable_file, write_tensor_file)
 
 
 def register(sub):
@@ -34,6 +34,12 @@ def register(sub):
     p.add_argument("--per-sample-seeds", action="store_true",
                    help="image i uses seed+i, so images do not depend on the batch size")
     p.add_argument("--out", required=True, help="output .png grid or .npz of uint8 images")
+    p.add_argument("--class-labels", type=int_list, default=None, metavar="Y[,Y...]",
+                   help="class-conditional models: one label for every image, or one per image (default: image "
+                        "i gets label i mod the number of classes)")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="W",
+                   help="classifier-free guidance: 1 = the conditional model alone, 0 = the unconditional one, "
+                        "> 1 = further from it (default: the model's, 1)")
     p.add_argument("--trajectory", default=None, help="also write x_t and x̂0 along the way to this .png")
     p.add_argument("--trajectory-points", type=positive_int, default=10, help="steps shown in --trajectory")
     p.set_defaults(func=cmd_sample)
@@ -47,6 +53,7 @@ def register(sub):
                    help="fixed-point iterations per step (each costs one model call; 2-5 make it near-exact)")
     p.add_argument("--out", required=True, help="noise file: .pt (weights-only tensor) or .safetensors")
     p.add_argument("--reconstruct", default=None, help="decode the noise again and save original|reconstruction")
+    add_class_label_arg(p)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("interpolate", help="slerp between two noises (seeds or inverted images)",
@@ -61,6 +68,7 @@ def register(sub):
     add_grid_args(p)
     p.add_argument("--refine", type=non_negative_int, default=0, help="fixed-point iterations for --images")
     p.add_argument("--out", required=True, help="output .png")
+    add_class_label_arg(p)
     p.set_defaults(func=cmd_interpolate)
 
 
@@ -83,7 +91,8 @@ def cmd_sample(args):
             record.append({k: (v[:1].detach().cpu() if torch.is_tensor(v) else v) for k, v in d.items()})
 
     kw = dict(sampler=args.sampler, steps=steps, eta=args.eta, spacing=args.spacing, clip_sample=clip,
-              batch_size=args.batch_size, callback=callback, progress=True, use_clipped_model_output=args.clipped_eps)
+              batch_size=args.batch_size, callback=callback, progress=True, use_clipped_model_output=args.clipped_eps,
+              class_labels=args.class_labels, guidance_scale=args.guidance_scale)
     if args.sampler == "ddpm":
         pipe.sampling["variance"] = args.variance
     from .. import distributed
@@ -106,6 +115,12 @@ def cmd_sample(args):
         first = [d for d in record if d["i"] < steps][: args.trajectory_points + 1]
         plot_trajectory(first, traj, title=f"{args.sampler}, {steps} steps")
         print(f"wrote the trajectory to {traj}")
+
+
+def add_class_label_arg(p):
+    p.add_argument("--class-label", type=non_negative_int, default=None, metavar="Y",
+                   help="class-conditional models: the label to run with (default: the model's null label, "
+                        "i.e. its unconditional prediction)")
 
 
 def _read_model_image(pipe, path):
@@ -131,14 +146,14 @@ def cmd_invert(args):
         raise UsageError(f"--steps {args.steps} exceeds the model's {pipe.schedule.num_train_timesteps} "
                          "training timesteps")
     x0 = _read_model_image(pipe, args.image)
-    noise = pipe.invert(x0, steps=args.steps, spacing=args.spacing, refine=args.refine)
+    noise = pipe.invert(x0, steps=args.steps, spacing=args.spacing, refine=args.refine, class_labels=args.class_label)
     write_tensor_file(noise, out)
     print(f"wrote the noise {tuple(noise.shape)} to {out}")
     if rec_path is not None:
         from ..metrics import psnr, reconstruction_mse
         from ..viz import save_grid
 
-        rec = pipe.reconstruct(noise, steps=args.steps, spacing=args.spacing)
+        rec = pipe.reconstruct(noise, steps=args.steps, spacing=args.spacing, class_labels=args.class_label)
         save_grid(torch.cat([x0, rec]), rec_path, nrow=2, scale=max(1, 128 // x0.shape[-1]))
         mse, db = float(reconstruction_mse(x0, rec).mean()), float(psnr(x0, rec).mean())
         print(f"wrote original|reconstruction to {rec_path}: MSE {mse:.3e} (per dimension, [0,1] scale), "
@@ -161,11 +176,11 @@ def cmd_interpolate(args):
         title = f"slerp between the noises of seeds {args.seeds[0]} and {args.seeds[1]}"
     else:
         x = torch.cat([_read_model_image(pipe, p) for p in args.images])
-        inv = pipe.invert(x, steps=args.steps, spacing=args.spacing, refine=args.refine)
+        inv = pipe.invert(x, steps=args.steps, spacing=args.spacing, refine=args.refine, class_labels=args.class_label)
         z = [inv[:1], inv[1:]]
         title = "slerp between two inverted images"
     images = pipe.interpolate(z[0], z[1], args.alphas, steps=args.steps, spacing=args.spacing,
-                              inverted=bool(args.images))
+                              inverted=bool(args.images), class_labels=args.class_label)
     from ..viz import labelled_grid
 
     rows, labels = [images], ["DDIM η=0"]

@@ -46,6 +46,13 @@ def register(sub):
                    help="train on x_t made with noise + GAMMA x fresh noise (0: off; default: %(default)s)")
     p.add_argument("--self-condition", action="store_true",
                    help="self-conditioning: the network also sees its own last x̂0 (default: off)")
+    p.add_argument("--class-conditional", action="store_true",
+                   help="train on the data's class labels (npz: y/labels beside the images; folder: one subfolder "
+                        "per class); sampling then takes labels and classifier-free guidance (default: off)")
+    p.add_argument("--label-dropout", type=float, default=d.label_dropout, metavar="P",
+                   help="share of labels replaced by the null label, for guidance (default: %(default)s)")
+    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale, metavar="W",
+                   help="classifier-free guidance scale stored as the model's sampling default (default: %(default)s)")
     p.add_argument("--schedule", choices=("linear", "scaled-linear", "cosine", "sigmoid"), default=d.schedule)
     p.add_argument("--timesteps", type=positive_int, default=d.num_train_timesteps, help="training timesteps T")
     p.add_argument("--beta-start", type=positive_float, default=None)

@@ -61,7 +61,6 @@ _FIXED_FIELDS = {
     "downsample_type": ("conv", None),
     "upsample_type": ("conv", None),
     "class_embed_type": (None,),
-    "num_class_embeds": (None,),
 }
 _IGNORED_FIELDS = ("num_train_timesteps",)
 
@@ -75,9 +74,9 @@ def unet_kwargs_from_diffusers(config: Mapping) -> dict:
 
     Raises:
         ValueError: naming the field, for anything :class:`UNet` cannot represent faithfully: another
-            ``_class_name``, class conditioning, a non-positional time embedding, unsupported block types,
-            ``resnet`` resampling, other activations or time-scale-shift modes, and unknown fields with a value
-            other than ``None``.
+            ``_class_name``, a non-positional time embedding, unsupported block types, ``resnet``
+            resampling, class embeddings other than a table of labels, other activations or time-scale-shift
+            modes, and unknown fields with a value other than ``None``.
     """
     config = dict(config)
     class_name = config.get("_class_name", "UNet2DModel")

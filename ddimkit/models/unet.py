@@ -543,6 +543,8 @@ class UNet(nn.Module):
         resnet_time_scale_shift (`str`, *optional*, defaults to `"default"`): `"default"` adds the timestep
             embedding; `"scale_shift"` applies it as a scale and shift after the second GroupNorm.
         add_attention (`bool`, *optional*, defaults to `True`): Whether the mid block has attention.
+        num_class_embeds (`int`, *optional*, defaults to `None`): A class-conditional network with this many
+            labels (diffusers' ``class_embed_type=None``); ``forward`` then takes ``class_labels``.
     """
 
     def __init__(
@@ -571,6 +573,7 @@ class UNet(nn.Module):
         norm_eps: float = 1e-5,
         resnet_time_scale_shift: str = "default",
         add_attention: bool = True,
+        num_class_embeds: int | None = None,
     ):
         super().__init__()
         down_kinds, up_kinds = _validate(
@@ -603,6 +606,7 @@ class UNet(nn.Module):
             "norm_eps": norm_eps,
             "resnet_time_scale_shift": resnet_time_scale_shift,
             "add_attention": add_attention,
+            "num_class_embeds": num_class_embeds,
         }
         self.sample_size = sample_size
         self.center_input_sample = center_input_sample
@@ -619,6 +623,9 @@ class UNet(nn.Module):
 
         self.conv_in = nn.Conv2d(in_channels, channels[0], kernel_size=3, padding=1)
         self.time_embedding = TimestepEmbedding(channels[0], temb_channels)
+        # diffusers' class embedding (class_embed_type None): one learned vector per label, added to the
+        # timestep embedding, so a label steers every residual block as the time does.
+        self.class_embedding = nn.Embedding(num_class_embeds, temb_channels) if num_class_embeds else None
 
         # Both block lists are registered before the mid block so that state-dict keys come in diffusers' order
         # (down blocks, up blocks, mid block).
@@ -658,7 +665,8 @@ class UNet(nn.Module):
         """Constructor arguments as a JSON-able dict: ``UNet(**model.config)`` rebuilds the architecture."""
         return {k: list(v) if isinstance(v, list) else v for k, v in self._config.items()}
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
         r"""
         Predict from a noisy batch at the given timesteps.
 
@@ -668,6 +676,8 @@ class UNet(nn.Module):
                 number) used for the whole batch; integer or fractional (unlike diffusers, which truncates a
                 Python float to an integer, fractional Python numbers are kept). Pass a tensor already on
                 ``x.device`` to avoid a host-to-device copy.
+            class_labels (`torch.Tensor`, *optional*): LongTensor of shape `(batch,)`; required by a
+                class-conditional network (``num_class_embeds``), refused by any other.
 
         Returns:
             `torch.Tensor`: Shape `(batch, out_channels, height, width)`.
@@ -684,6 +694,13 @@ class UNet(nn.Module):
         # diffusers does; autocast then handles the MLP itself.
         emb = timestep_embedding(t, self.time_embedding.linear_1.in_features, self.flip_sin_to_cos, self.freq_shift)
         emb = self.time_embedding(emb.to(self.time_embedding.linear_1.weight.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this network is class-conditional: pass class_labels")
+            labels = class_labels.to(x.device).reshape(-1).expand(x.shape[0])
+            emb = emb + self.class_embedding(labels).to(emb.dtype)
+        elif class_labels is not None:
+            raise ValueError("this network is not class-conditional; it takes no class_labels")
         # Every residual block applies SiLU to the embedding before its own projection; do it once here.
         temb_act = F.silu(emb)
 
