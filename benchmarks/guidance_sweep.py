@@ -35,6 +35,8 @@ def parse_args():
     ap.add_argument("--num-ddpm", type=int, default=64, help="samples per DDPM cell")
     ap.add_argument("--ref", default=None, help="reference images for the classifier-FD (and KID)")
     ap.add_argument("--kid", action="store_true", help="also the KID against --ref (Inception)")
+    ap.add_argument("--keep-eps", action="store_true",
+                    help="keep the network's ε̂ after clipping x̂0 (diffusers' convention) instead of the model's setting")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     return ap.parse_args()
@@ -77,9 +79,9 @@ def main():
         for scale in (float(s) for s in args.scales.split(",")):
             t0 = time.perf_counter()
             x = pipe.sample(n, sampler, steps=int(steps), generator=torch.Generator().manual_seed(args.seed),
-                            guidance_scale=scale)
+                            guidance_scale=scale, use_clipped_model_output=False if args.keep_eps else None)
             labels = pipe.class_labels(None, n)
-            row = {"sampler": sampler, "steps": int(steps), "scale": scale, "n": n,
+            row = {"sampler": sampler, "steps": int(steps), "scale": scale, "n": n, "keep_eps": args.keep_eps,
                    "seconds": round(time.perf_counter() - t0, 1), **score(net, to_uint8(x), labels, ref, kid_ref)}
             rows.append(row)
             print(json.dumps(row), flush=True)
