@@ -30,13 +30,14 @@ def parse_args():
     ap.add_argument("--ckpt", required=True, help="a class-conditional model")
     ap.add_argument("--classifier", default="mnist", choices=list(C.CLASSIFIERS))
     ap.add_argument("--scales", default="1,2,3,4", help="guidance scales, comma-separated")
-    ap.add_argument("--cells", default="ddim:50", help="sampler:steps cells (ddim is eta 0), comma-separated")
+    ap.add_argument("--cells", default="ddim:50",
+                    help="sampler:steps[:eta] cells (eta 0 unless given), comma-separated")
     ap.add_argument("--num", type=int, default=256, help="samples per cell")
     ap.add_argument("--num-ddpm", type=int, default=64, help="samples per DDPM cell")
     ap.add_argument("--ref", default=None, help="reference images for the classifier-FD (and KID)")
     ap.add_argument("--kid", action="store_true", help="also the KID against --ref (Inception)")
     ap.add_argument("--keep-eps", action="store_true",
-                    help="keep the network's ε̂ after clipping x̂0 (diffusers' convention) instead of the model's setting")
+                    help="keep the network's ε̂ after clipping x̂0 (diffusers' convention), not the model's setting")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     return ap.parse_args()
@@ -74,14 +75,17 @@ def main():
             kid_ref = metrics.inception_features(ref)
     rows = []
     for cell in args.cells.split(","):
-        sampler, steps = cell.split(":")
+        sampler, steps, *eta = cell.split(":")
+        eta = float(eta[0]) if eta else 0.0
         n = args.num_ddpm if sampler == "ddpm" else args.num
         for scale in (float(s) for s in args.scales.split(",")):
             t0 = time.perf_counter()
-            x = pipe.sample(n, sampler, steps=int(steps), generator=torch.Generator().manual_seed(args.seed),
-                            guidance_scale=scale, use_clipped_model_output=False if args.keep_eps else None)
+            x = pipe.sample(n, sampler, steps=int(steps), eta=eta, guidance_scale=scale,
+                            generator=torch.Generator().manual_seed(args.seed),
+                            use_clipped_model_output=False if args.keep_eps else None)
             labels = pipe.class_labels(None, n)
-            row = {"sampler": sampler, "steps": int(steps), "scale": scale, "n": n, "keep_eps": args.keep_eps,
+            row = {"sampler": sampler, "steps": int(steps), "eta": eta, "scale": scale, "n": n,
+                   "keep_eps": args.keep_eps,
                    "seconds": round(time.perf_counter() - t0, 1), **score(net, to_uint8(x), labels, ref, kid_ref)}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -91,8 +95,9 @@ def main():
     for r in rows:
         kid = f"{r['kid']:.4f} ± {r['kid_std']:.4f}" if "kid" in r else "–"
         cfd = f"{r['classifier_fd']:.2f}" if "classifier_fd" in r else "–"
-        lines.append(f"| {r['sampler'].upper()}-{r['steps']} | {r['scale']:g} | {r['n']} | {r['recognised']:.1%} | "
-                     f"{r['match']:.1%} | {cfd} | {kid} |")
+        eta = f", η = {r['eta']:g}" if r["sampler"] == "ddim" else ""
+        lines.append(f"| {r['sampler'].upper()}-{r['steps']}{eta} | {r['scale']:g} | {r['n']} | "
+                     f"{r['recognised']:.1%} | {r['match']:.1%} | {cfd} | {kid} |")
     (out / "guidance.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

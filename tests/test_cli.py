@@ -203,12 +203,27 @@ def test_unwritable_output_loses_nothing(run, tmp_path, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
+def test_demo_budget_leaves_time_for_sampling():
+    from ddimkit.cli.demo import sampling_work, training_minutes
+
+    # 3 guided cells' worth more work than the unguided count, and linear in the sample counts
+    assert sampling_work(8, 4) - sampling_work(4, 4) == 4 * (50 * 2 + 50 + 50 + 20 + 10)
+    assert sampling_work(4, 4) - sampling_work(4, 2) == 2 * (1000 * 2 + 1000)
+    assert training_minutes(3, 360, 60, 1e-4, 10_000) == 3  # plenty of time: the cap
+    left = 360 - 60 - 1.15 * 1e-3 * 100_000 - 15  # a slower machine: what is left after sampling
+    assert training_minutes(3, 360, 60, 1e-3, 100_000) == pytest.approx(left / 60)
+    assert training_minutes(3, 360, 300, 1e-3, 100_000) == 0.5  # too late: half a minute still
+    assert training_minutes(0.2, 360, 300, 1e-3, 100_000) == 0.2  # never more than the cap
+
+
 def test_demo_trains_for_its_minutes_scores_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.03", "--num", "4", "--num-ddpm", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--minutes", "0.03", "--num", "4", "--num-ddpm", "2",
+                 "--budget-minutes", "6"]) == 0
     import json
 
     report = json.loads((out / "demo.json").read_text())
+    assert report["budget_training_minutes"] == 0.03  # the cap: a 6-minute budget leaves more than that
     for key in ("ddim_50", "ddpm_1000", "ddim_50_guidance_1"):
         assert 0.0 <= report[f"{key}_recognised"] <= 1.0 and (out / f"{key}.png").is_file()
     config = json.loads((out / "config.json").read_text())  # the class-conditional, guided recipe

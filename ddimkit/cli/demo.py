@@ -27,6 +27,10 @@ DEMO = dict(data="mnist-5k", minutes=3.0, steps="auto", save_every=250, sample_e
             num_sample_images=0, seed=0, class_conditional=True, guidance_scale=3.0)
 # (sampler, steps, guidance scale or None for the model's): the demo's cells, guided DDIM-50 first.
 SCRATCH_CELLS = (("ddim", 50, None), ("ddpm", 1000, None), ("ddim", 50, 1.0))
+# With a budget for the whole demo, the sampling after training is estimated from a timed forward pass: its
+# count of image-forwards times the seconds of one, times a margin, plus fixed costs (loading, scoring,
+# figures). Training gets what is left, at most --minutes and at least half a minute.
+_MARGIN, _FIXED_S, _MIN_MINUTES = 1.15, 15.0, 0.5
 # The shipped model's part: DDPM-1000 first, then DDIM with fewer and fewer steps, all from the same noise.
 PRETRAINED_CELLS = (("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10))
 
@@ -44,8 +48,47 @@ def register(sub):
     p.add_argument("--minutes", type=positive_float, default=DEMO["minutes"],
                    help="training time in minutes (default: %(default)s)")
     p.add_argument("--num", type=positive_int, default=256, help="DDIM samples per cell (default: %(default)s)")
-    p.add_argument("--num-ddpm", type=positive_int, default=32, help="DDPM-1000 samples (default: %(default)s)")
+    p.add_argument("--num-ddpm", type=positive_int, default=16, help="DDPM-1000 samples (default: %(default)s)")
+    p.add_argument("--budget-minutes", type=positive_float, default=None,
+                   help="end the whole demo within this many minutes of --started-at: train for less than "
+                        "--minutes where this machine's sampling would not fit otherwise (default: no budget)")
+    p.add_argument("--started-at", type=float, default=None,
+                   help="the budget's start, in seconds since the epoch (default: now); `make demo` passes the "
+                        "time it started, before building .venv")
     p.set_defaults(func=cmd_demo)
+
+
+def sampling_work(num: int, num_ddpm: int) -> int:
+    """Image-forward passes the demo runs after training: its own cells, the shipped model's, the inversion."""
+    work = 0
+    for sampler, steps, scale in SCRATCH_CELLS:
+        calls = 1 if (DEMO["guidance_scale"] if scale is None else scale) == 1 else 2  # guidance: two a step
+        work += (num_ddpm if sampler == "ddpm" else num) * steps * calls
+    work += sum((num_ddpm if sampler == "ddpm" else num) * steps for sampler, steps in PRETRAINED_CELLS)
+    return work + 8 * 50 * (1 + 3) + 8 * 50 + 9 * 50  # invert with 3 refinements, reconstruct, fuse
+
+
+def training_minutes(cap_minutes: float, budget_s: float, elapsed_s: float, forward_s: float, work: int) -> float:
+    """Minutes of training that end the demo within ``budget_s``, ``elapsed_s`` already gone and ``work``
+    image-forwards of ``forward_s`` each still to come; at most ``cap_minutes``, and at least half a minute
+    (or the cap, if smaller), so that a slow machine still trains something worth sampling."""
+    left = budget_s - elapsed_s - _MARGIN * forward_s * work - _FIXED_S
+    return min(cap_minutes, max(_MIN_MINUTES, left / 60))
+
+
+def forward_seconds() -> float:
+    """Seconds of one image through the demo's network, no gradient, at batch 64, on this machine."""
+    from ..models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("tiny", num_class_embeds=11).eval()
+    x, t, y = torch.randn(64, 1, 28, 28), torch.full((64,), 500), torch.zeros(64, dtype=torch.long)
+    with torch.no_grad():
+        net(x, t, y)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            net(x, t, y)
+    return (time.perf_counter() - t0) / (3 * 64)
 
 
 def _demo_train(cfg, out: Path):
@@ -76,7 +119,15 @@ def _from_scratch(args, out: Path, report: dict, digits):
     from ..train import TrainConfig
     from ..viz import save_grid
 
-    cfg = TrainConfig(**{**DEMO, "minutes": args.minutes, "out": str(out)})
+    minutes = args.minutes
+    if args.budget_minutes is not None:
+        forward_s, work = forward_seconds(), sampling_work(args.num, args.num_ddpm)
+        minutes = training_minutes(args.minutes, 60 * args.budget_minutes, time.time() - args.started_at,
+                                   forward_s, work)
+        report.update(budget_minutes=args.budget_minutes, budget_training_minutes=round(minutes, 2))
+        print(f"training for {minutes:.2f} min, so that the demo ends within {args.budget_minutes:g} min: "
+              f"{time.time() - args.started_at:.0f} s gone, sampling estimated at {forward_s * work:.0f} s")
+    cfg = TrainConfig(**{**DEMO, "minutes": minutes, "out": str(out)})
     t0 = time.perf_counter()
     result = _demo_train(cfg, out)
     report["train_seconds"] = round(time.perf_counter() - t0, 1)
@@ -151,6 +202,8 @@ def cmd_demo(args):
     from ..pipeline import load
 
     out = writable_dir(args.out)
+    if args.started_at is None:
+        args.started_at = time.time()
     digits = load_classifier("mnist")
     report: dict = {}
     _from_scratch(args, out, report, digits)
