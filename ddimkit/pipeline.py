@@ -272,6 +272,12 @@ class Pipeline:
         if guidance_scale is not None:
             opts["guidance_scale"] = guidance_scale
         labels = self.class_labels(class_labels, n)
+        if opts["guidance_scale"] != 1:  # refused here, before any progress is shown
+            from .guidance import conditioned
+
+            if labels is None:
+                raise ValueError("guidance needs a class-conditional model and its class labels")
+            conditioned(self.model, labels, opts["guidance_scale"], self.null_label)
         batch_size = self._batch_size(batch_size, n)
         out = []
         nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)

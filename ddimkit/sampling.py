@@ -127,6 +127,8 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
     eta = check_eta(eta)
     if class_labels is not None:
         model = conditioned(model, _labels(class_labels, x_T), guidance_scale, null_label)
+    elif guidance_scale != 1:
+        raise ValueError("guidance needs a class-conditional model and its class labels")
     denoiser, call = _denoiser(model, self_condition, prediction_type, clip_sample, thresholding, sample_max_value,
                                use_clipped_model_output)
     grid = _grid(schedule, steps, spacing, steps_offset, schedule.num_train_timesteps if sampler == "ddpm" else 50)

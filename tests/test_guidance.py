@@ -213,7 +213,9 @@ def test_cli_labels_and_their_errors(cond_run, tmp_path, capsys):
              "2 class labels"),
             (["sample", "--ckpt", cond_run.out, "--steps", "2", "--num", "1", "--class-labels", "11"], "[0, 10]"),
             (["sample", "--ckpt", "pretrained:mnist", "--steps", "2", "--num", "1", "--class-labels", "1"],
-             "not class-conditional")):
+             "not class-conditional"),
+            (["sample", "--ckpt", "pretrained:mnist", "--steps", "2", "--num", "1", "--guidance-scale", "2"],
+             "guidance needs a class-conditional model")):
         code = main(argv + ["--out", str(tmp_path / "e.png")])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and match in err, err
