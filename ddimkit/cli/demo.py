@@ -2,7 +2,7 @@
 
 Two parts:
 1. a short from-scratch training run: the default recipe, class-conditional, on the bundled digits and their
-   labels for a fixed time, sampled with DDIM-50 and DDPM-1000 under classifier-free guidance (and DDIM-50
+   labels for at most 3 minutes (less under a time budget), sampled with DDIM-50 and DDPM-1000 under classifier-free guidance (and DDIM-50
    without it) and scored by the shipped digit classifier;
 2. the shipped MNIST model (``pretrained:mnist``): DDPM-1000 against DDIM at 10, 20 and 50 steps from the
    same starting noise, a DDIM inversion round trip of real digits, and a fusion of two of them.
@@ -18,11 +18,10 @@ import torch
 
 from .common import positive_float, positive_int, writable_dir
 
-# The from-scratch part trains for a fixed time, so that `make demo` (environment included) ends within 6
-# minutes on 2 CPU cores of either kind (AVX-512 or AVX2 only); a slower machine trains fewer steps rather
-# than taking longer.
-# Class-conditional with guidance scale 3: the measured way to recognisable digits in 3 CPU-minutes
-# (docs/training.md#class-conditional-training-and-guidance).
+# The from-scratch part trains for at most `minutes`; under a budget (`make demo` gives one, so that it ends
+# within 6 minutes, environment included, on 2 CPU cores of either kind) for what the budget leaves: a slower
+# machine trains fewer steps rather than taking longer. Class-conditional with guidance scale 3: the measured
+# way to recognisable digits in 3 CPU-minutes (docs/guidance.md).
 DEMO = dict(data="mnist-5k", minutes=3.0, steps="auto", save_every=250, sample_every=0, log_every=10,
             num_sample_images=0, seed=0, class_conditional=True, guidance_scale=3.0)
 # (sampler, steps, guidance scale or None for the model's): the demo's cells, guided DDIM-50 first.
@@ -39,7 +38,7 @@ def register(sub):
     p = sub.add_parser("demo", help="the main job on the bundled data: train, sample DDIM and DDPM, score; then "
                                     "the shipped MNIST model: samplers, inversion, fusion",
                        description="Train the default recipe, class-conditional, on the bundled 5,000 MNIST digits "
-                                   "for a fixed time (CPU, offline), sample with DDIM (50 steps, η=0) and DDPM (1000 "
+                                   "for at most 3 minutes (CPU, offline), sample with DDIM (50 steps, η=0) and DDPM (1000 "
                                    "steps) under classifier-free guidance, and report how many samples the shipped "
                                    "digit classifier recognises. Then show the shipped MNIST "
                                    "model: DDPM-1000 against DDIM at 50/20/10 steps from the same noise, an inversion "
