@@ -36,7 +36,7 @@ def conditioned(model: Callable, class_labels: torch.Tensor, guidance_scale: flo
     Args:
         model: a class-conditional network ``model(x, t, class_labels)``.
         class_labels: LongTensor (B,), one label per image of the batch the samplers will pass.
-        guidance_scale: w above; 1 calls the network once, any other value twice (conditional and null).
+        guidance_scale: w above; 1 and 0 call the network once, any other value twice (conditional, null).
         null_label: the label that means "no class"; needed for any w ≠ 1.
     """
     if guidance_scale != 1 and null_label is None:
