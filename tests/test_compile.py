@@ -2,7 +2,7 @@
 
 The network is a one-level UNet on 8×8 images so that TorchInductor's CPU compile stays short; a compile on
 2 CPU cores still costs about 25 s for inference and 35 s for training with an empty cache (a few seconds
-with the cache that :func:`ddimkit.compile_policy.use_persistent_cache` fills), and each test compiles once.
+with the cache that :func:`ddimkit.compile_policy.use_persistent_cache` fills), and each network compiles once.
 """
 
 import contextlib
