@@ -22,11 +22,23 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["conditioned", "class_labels_for"]
+__all__ = ["conditioned", "class_labels_for", "check_guidance"]
 
 
 def _output(out):
     return getattr(out, "sample", out)
+
+
+def check_guidance(class_labels, guidance_scale: float, null_label: int | None):
+    """Refuse a guidance scale the model cannot run: negative, or other than 1 without labels or without a
+    null label."""
+    if guidance_scale < 0:
+        raise ValueError(f"guidance scale must be >= 0, got {guidance_scale}")
+    if guidance_scale != 1 and class_labels is None:
+        raise ValueError("guidance needs a class-conditional model and its class labels")
+    if guidance_scale != 1 and null_label is None:
+        raise ValueError("classifier-free guidance needs a model trained with label dropout (a null label); "
+                         "this one has none, so only guidance scale 1 is possible")
 
 
 def conditioned(model: Callable, class_labels: torch.Tensor, guidance_scale: float = 1.0,
@@ -39,11 +51,7 @@ def conditioned(model: Callable, class_labels: torch.Tensor, guidance_scale: flo
         guidance_scale: w above; 1 and 0 call the network once, any other value twice (conditional, null).
         null_label: the label that means "no class"; needed for any w ≠ 1.
     """
-    if guidance_scale != 1 and null_label is None:
-        raise ValueError("classifier-free guidance needs a model trained with label dropout (a null label); "
-                         "this one has none, so only guidance scale 1 is possible")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance scale must be >= 0, got {guidance_scale}")
+    check_guidance(class_labels, guidance_scale, null_label)
 
     def net(x: torch.Tensor, t) -> torch.Tensor:
         labels = class_labels.to(x.device)

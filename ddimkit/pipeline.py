@@ -272,12 +272,9 @@ class Pipeline:
         if guidance_scale is not None:
             opts["guidance_scale"] = guidance_scale
         labels = self.class_labels(class_labels, n)
-        if opts["guidance_scale"] != 1:  # refused here, before any progress is shown
-            from .guidance import conditioned
+        from .guidance import check_guidance
 
-            if labels is None:
-                raise ValueError("guidance needs a class-conditional model and its class labels")
-            conditioned(self.model, labels, opts["guidance_scale"], self.null_label)
+        check_guidance(labels, opts["guidance_scale"], self.null_label)  # before any progress is shown
         batch_size = self._batch_size(batch_size, n)
         out = []
         nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)

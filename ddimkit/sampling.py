@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from .denoiser import Denoiser
-from .guidance import conditioned
+from .guidance import check_guidance, conditioned
 from .noise import Generator
 from .samplers import invert_ddim, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .schedule import NoiseSchedule, timesteps
@@ -125,10 +125,9 @@ def sample(model: Callable, x_T: torch.Tensor, schedule: NoiseSchedule, sampler:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     eta = check_eta(eta)
+    check_guidance(class_labels, guidance_scale, null_label)
     if class_labels is not None:
         model = conditioned(model, _labels(class_labels, x_T), guidance_scale, null_label)
-    elif guidance_scale != 1:
-        raise ValueError("guidance needs a class-conditional model and its class labels")
     denoiser, call = _denoiser(model, self_condition, prediction_type, clip_sample, thresholding, sample_max_value,
                                use_clipped_model_output)
     grid = _grid(schedule, steps, spacing, steps_offset, schedule.num_train_timesteps if sampler == "ddpm" else 50)

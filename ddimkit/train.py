@@ -31,6 +31,7 @@ from .checkpoint import read_checkpoint, save_checkpoint, write_json
 from .compiled_net import compile_for_training
 from .data import to_model_range
 from .diffusion import timestep_probabilities, training_loss
+from .labels import num_classes
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
 from .train_config import DEFAULT_LR, TrainConfig, training_precision
@@ -125,7 +126,7 @@ def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSc
     y = None
     if labels is not None:  # drawn last, likewise
         y = labels[idx]
-        y = torch.where(torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout, int(labels.max()) + 1, y)
+        y = torch.where(torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout, num_classes(labels), y)
     return x0, noise, noisy, t, y, estimate
 
 
@@ -163,7 +164,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
 
     schedule = cfg.make_schedule()
     images, size, labels = _prepare_data(cfg)
-    classes = None if labels is None else int(labels.max()) + 1
+    classes = None if labels is None else num_classes(labels)
     model = _create_model(cfg, images.shape[1], size, classes)
     run_cfg = _run_config(cfg, images, size, schedule, model, classes)
     in_channels = model.config.get("in_channels", images.shape[1])  # twice the image's when self-conditioned
