@@ -230,6 +230,10 @@ def warm_part(args, res, out, ours, flops, device, have_diffusers, deadline):
     made = {}
     for label, make, graphs in warm_plan(ours, device, have_diffusers):
         check(deadline, label)
+        # Every row compiles the same UNet.forward: without a reset, Dynamo's per-function recompile limit
+        # (8) fills up after a few rows and later "compiled" rows silently run eager (a GPU session saw
+        # compiled fp16 + CUDA graphs at 116 img/s, below eager bf16).
+        torch._dynamo.reset()
         os.environ["DDIMKIT_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the pipeline compiles
         made[label] = m = make()
         fn = (ddimkit_sampling(m, args.batch, args.steps) if label.startswith("ddimkit")
