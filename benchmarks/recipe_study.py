@@ -87,6 +87,31 @@ class SelfCondUNet(nn.Module):
         return out
 
 
+class SkipUNet(nn.Module):
+    """An x0 network with EDM's skip (Karras et al. 2022, §5 and Table 1), for the linear schedule it trains on.
+
+    x̂0 = c_skip x_t/√ᾱ + c_out F(x_t, t) with σ = √(1-ᾱ)/√ᾱ, c_skip = σ_d²/(σ² + σ_d²) and
+    c_out = √(1 - c_skip): above σ_d it is the plain x0 network (c_skip → 0, c_out → 1); below it the
+    output is the input plus a correction scaled by σ, so at low noise it cannot do worse than the identity.
+    A study architecture only (the prediction type stays ``sample``).
+    """
+
+    def __init__(self, sigma_data: float = 0.1, **unet_kwargs):
+        super().__init__()
+        self.unet = UNet(**unet_kwargs)
+        self.config = dict(sigma_data=sigma_data, **unet_kwargs)
+        # numpy, not the schedule's tensors: the loader may build the network under torch.device("meta")
+        ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # NoiseSchedule.linear()
+        skip = sigma_data ** 2 / ((1 - ab) / ab + sigma_data ** 2)
+        self.register_buffer("c_in", torch.as_tensor(skip / np.sqrt(ab), dtype=torch.float32))
+        self.register_buffer("c_out", torch.as_tensor(np.sqrt(1 - skip), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return self.c_in[t].view(shape).to(x.dtype) * x + self.c_out[t].view(shape).to(x.dtype) * self.unet(x, t)
+
+
 _TWO_LEVELS = dict(down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                    up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
 
@@ -103,6 +128,8 @@ ARCHS = {
     "p2-32-64-l2": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64), layers_per_block=2)),
     "p2-48-96": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(48, 96))),
     "sc": (SelfCondUNet, {}),  # tiny's UNet with self-conditioning (one more input channel)
+    "skip0.1": (SkipUNet, dict(sigma_data=0.1)),  # tiny's UNet with EDM's skip below σ = 0.1
+    "skip0.5": (SkipUNet, dict(sigma_data=0.5)),
 }
 
 

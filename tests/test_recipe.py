@@ -277,39 +277,6 @@ def test_trained_pipeline_samples_with_the_ema_weights(tmp_path):
     assert any(not torch.equal(ck["ema"][k], ck["raw"][k]) for k in ck["raw"])
 
 
-def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, monkeypatch):
-    """benchmarks/recipe_study.py's patch UNet: the inner UNet sees and returns 2×2 patches as channels, the
-    study's architectures train at tiny's learning rate (not the 2e-4 of unknown presets), and runs reload."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    import recipe_study
-    from ddimkit import train_config
-    from ddimkit.models import presets
-
-    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
-    monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
-    rates = dict(train_config.DEFAULT_LR)  # _register adds the study's names; the test leaves no trace
-    monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
-    monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
-    name = recipe_study._register("p2-24-48")
-    cfg = TrainConfig(out=str(tmp_path / "p"), model=name, steps=2, batch_size=4, warmup=1, save_every=2,
-                      sample_every=0, num_sample_images=0)
-    assert cfg.peak_lr == rates["tiny"] != TrainConfig(model="unknown-preset").peak_lr
-    res = train(cfg, progress=False)
-    net = res.pipeline.model
-    assert net.unet.conv_in.in_channels == 4 and net.unet.conv_out.out_channels == 4
-    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
-    # pixel_unshuffle puts pixel (2i+a, 2j+b) in channel 2a+b at (i, j): the inner UNet sees exactly that.
-    inner_in = x.reshape(2, 1, 14, 2, 14, 2).permute(0, 1, 3, 5, 2, 4).reshape(2, 4, 14, 14)
-    with torch.no_grad():
-        inner_out = net.unet(inner_in, t)
-        expected = inner_out.reshape(2, 1, 2, 2, 14, 14).permute(0, 1, 4, 2, 5, 3).reshape(2, 1, 28, 28)
-        torch.testing.assert_close(net(x, t), expected)
-        again = dk.load(tmp_path / "p")
-        torch.testing.assert_close(again.model(x, t), net(x, t))
-
-
 def test_time_to_quality_scores_in_a_second_process_what_the_first_trained(tmp_path, monkeypatch, capsys):
     """benchmarks/time_to_quality.py --stage train/score (two device calls): the score stage samples the run the
     train stage left, with its figures; without that run, or with diffusers' recipe, it says what is missing."""
@@ -335,55 +302,3 @@ def test_time_to_quality_scores_in_a_second_process_what_the_first_trained(tmp_p
     scored = json.loads((tmp_path / "run" / "time_to_quality.json").read_text())["recipes"]["ddimkit"]
     assert info["steps"] >= 1 and scored["steps"] == info["steps"] and scored["params"] == info["params"]
     assert 0.0 <= scored["recognised"] <= 1.0 and scored["n_classifier"] >= 12
-
-
-def test_study_self_conditioning_sees_its_previous_output_along_one_path(monkeypatch):
-    """benchmarks/recipe_study.py's SelfCondUNet: in sampling, each call is conditioned on the last call's
-    (clipped) output, and a call at a timestep not below the last one starts again from an empty condition."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    import recipe_study
-
-    torch.manual_seed(0)
-    net = recipe_study.SelfCondUNet(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
-                                    up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, sample_size=8).eval()
-    seen = []
-    inner = net.unet.forward
-    monkeypatch.setattr(net.unet, "forward", lambda x, t: (seen.append(x[:, 1:].clone()), inner(x, t))[1])
-    x = torch.randn(2, 1, 8, 8)
-    with torch.no_grad():
-        first = net(x, torch.tensor([900, 900]))
-        net(x, torch.tensor([500, 500]))
-        net(x, torch.tensor([950, 950]))  # a new path
-    assert net.unet.conv_in.in_channels == 2
-    assert torch.equal(seen[0], torch.zeros_like(x)) and torch.equal(seen[2], torch.zeros_like(x))
-    torch.testing.assert_close(seen[1], first.clamp(-1, 1))
-    net.train()
-    seen.clear()
-    net(x, torch.tensor([10, 20]))  # training: one or two inner calls, the last one conditioned on the first
-    assert len(seen) in (1, 2) and torch.equal(seen[0], torch.zeros_like(x))
-
-
-def test_study_self_conditioning_is_the_library_option(monkeypatch):
-    """The study's SelfCondUNet and the library's --self-condition draw the same images from the same weights,
-    so the study's measurements are the option's."""
-    from pathlib import Path
-
-    from ddimkit.models.unet import UNet
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    import recipe_study
-
-    kw = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
-              norm_num_groups=4, sample_size=8)
-    torch.manual_seed(0)
-    study = recipe_study.SelfCondUNet(**kw)
-    lib = UNet(in_channels=2, out_channels=1, **kw)
-    lib.load_state_dict({k.removeprefix("unet."): v for k, v in study.state_dict().items()})
-    s, sampling = dk.NoiseSchedule.linear(), {"clip_sample": 1.0, "use_clipped_model_output": True}
-    a = dk.Pipeline(study, s, "sample", {}, sampling).sample(3, "ddim", steps=10,
-                                                          generator=torch.Generator().manual_seed(0))
-    b = dk.Pipeline(lib, s, "sample", {"self_condition": True}, sampling).sample(
-        3, "ddim", steps=10, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, b)

@@ -1,0 +1,122 @@
+"""benchmarks/recipe_study.py's study architectures: what they compute, and that their runs reload."""
+
+from pathlib import Path
+
+import torch
+
+import ddimkit as dk
+from ddimkit.train import TrainConfig, train
+
+BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")
+
+
+def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, monkeypatch):
+    """benchmarks/recipe_study.py's patch UNet: the inner UNet sees and returns 2×2 patches as channels, the
+    study's architectures train at tiny's learning rate (not the 2e-4 of unknown presets), and runs reload."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import recipe_study
+    from ddimkit import train_config
+    from ddimkit.models import presets
+
+    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
+    monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
+    rates = dict(train_config.DEFAULT_LR)  # _register adds the study's names; the test leaves no trace
+    monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
+    monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
+    name = recipe_study._register("p2-24-48")
+    cfg = TrainConfig(out=str(tmp_path / "p"), model=name, steps=2, batch_size=4, warmup=1, save_every=2,
+                      sample_every=0, num_sample_images=0)
+    assert cfg.peak_lr == rates["tiny"] != TrainConfig(model="unknown-preset").peak_lr
+    res = train(cfg, progress=False)
+    net = res.pipeline.model
+    assert net.unet.conv_in.in_channels == 4 and net.unet.conv_out.out_channels == 4
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
+    # pixel_unshuffle puts pixel (2i+a, 2j+b) in channel 2a+b at (i, j): the inner UNet sees exactly that.
+    inner_in = x.reshape(2, 1, 14, 2, 14, 2).permute(0, 1, 3, 5, 2, 4).reshape(2, 4, 14, 14)
+    with torch.no_grad():
+        inner_out = net.unet(inner_in, t)
+        expected = inner_out.reshape(2, 1, 2, 2, 14, 14).permute(0, 1, 4, 2, 5, 3).reshape(2, 1, 28, 28)
+        torch.testing.assert_close(net(x, t), expected)
+        again = dk.load(tmp_path / "p")
+        torch.testing.assert_close(again.model(x, t), net(x, t))
+
+
+def test_study_self_conditioning_sees_its_previous_output_along_one_path(monkeypatch):
+    """benchmarks/recipe_study.py's SelfCondUNet: in sampling, each call is conditioned on the last call's
+    (clipped) output, and a call at a timestep not below the last one starts again from an empty condition."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import recipe_study
+
+    torch.manual_seed(0)
+    net = recipe_study.SelfCondUNet(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+                                    up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, sample_size=8).eval()
+    seen = []
+    inner = net.unet.forward
+    monkeypatch.setattr(net.unet, "forward", lambda x, t: (seen.append(x[:, 1:].clone()), inner(x, t))[1])
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        first = net(x, torch.tensor([900, 900]))
+        net(x, torch.tensor([500, 500]))
+        net(x, torch.tensor([950, 950]))  # a new path
+    assert net.unet.conv_in.in_channels == 2
+    assert torch.equal(seen[0], torch.zeros_like(x)) and torch.equal(seen[2], torch.zeros_like(x))
+    torch.testing.assert_close(seen[1], first.clamp(-1, 1))
+    net.train()
+    seen.clear()
+    net(x, torch.tensor([10, 20]))  # training: one or two inner calls, the last one conditioned on the first
+    assert len(seen) in (1, 2) and torch.equal(seen[0], torch.zeros_like(x))
+
+
+def test_study_self_conditioning_is_the_library_option(monkeypatch):
+    """The study's SelfCondUNet and the library's --self-condition draw the same images from the same weights,
+    so the study's measurements are the option's."""
+    from ddimkit.models.unet import UNet
+
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import recipe_study
+
+    kw = dict(block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+              norm_num_groups=4, sample_size=8)
+    torch.manual_seed(0)
+    study = recipe_study.SelfCondUNet(**kw)
+    lib = UNet(in_channels=2, out_channels=1, **kw)
+    lib.load_state_dict({k.removeprefix("unet."): v for k, v in study.state_dict().items()})
+    s, sampling = dk.NoiseSchedule.linear(), {"clip_sample": 1.0, "use_clipped_model_output": True}
+    a = dk.Pipeline(study, s, "sample", {}, sampling).sample(3, "ddim", steps=10,
+                                                          generator=torch.Generator().manual_seed(0))
+    b = dk.Pipeline(lib, s, "sample", {"self_condition": True}, sampling).sample(
+        3, "ddim", steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+def test_study_skip_network_is_edm_preconditioning_of_an_x0_network(tmp_path, monkeypatch):
+    """SkipUNet: x̂0 = c_skip x_t/√ᾱ + c_out F with EDM's c_skip = σ_d²/(σ² + σ_d²), σ² = (1-ᾱ)/ᾱ, and
+    c_out = √(1 - c_skip); an inner output equal to the target (x0 - c_skip x_t/√ᾱ)/c_out gives back x0
+    exactly, and a trained run reloads with the same outputs."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import recipe_study
+    from ddimkit.models import presets
+
+    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
+    monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
+    ab = dk.NoiseSchedule.linear().alphas_cumprod.double()
+    skip = 0.1 ** 2 / ((1 - ab) / ab + 0.1 ** 2)
+    net = recipe_study.SkipUNet(sigma_data=0.1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
+                                up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, sample_size=8)
+    torch.testing.assert_close(net.c_in.double(), skip / ab.sqrt(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(net.c_out.double(), (1 - skip).sqrt(), rtol=1e-6, atol=0)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1, torch.randn(3, 1, 8, 8, generator=g)
+    t = torch.tensor([0, 40, 999])
+    a, s = ab[t].sqrt().view(-1, 1, 1, 1).float(), (1 - ab[t]).sqrt().view(-1, 1, 1, 1).float()
+    xt = a * x0 + s * eps
+    target = (x0 - net.c_in[t].view(-1, 1, 1, 1) * xt) / net.c_out[t].view(-1, 1, 1, 1)
+    monkeypatch.setattr(net.unet, "forward", lambda x, tt: target)
+    torch.testing.assert_close(net(xt, t), x0, atol=1e-5, rtol=0)
+    assert float(net.c_in[0] * ab[0].sqrt()) > 0.99 and float(net.c_out[999]) > 0.9999  # skip low, x0 high
+    name = recipe_study._register("skip0.1")
+    res = train(TrainConfig(out=str(tmp_path / "s"), model=name, steps=2, batch_size=4, save_every=2,
+                            sample_every=0, num_sample_images=0), progress=False)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(dk.load(tmp_path / "s").model(x, t[:2]), res.pipeline.model(x, t[:2]))
