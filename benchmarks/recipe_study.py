@@ -92,7 +92,7 @@ class SkipUNet(nn.Module):
 
     x̂0 = c_skip x_t/√ᾱ + c_out F(x_t, t) with σ = √(1-ᾱ)/√ᾱ, c_skip = σ_d²/(σ² + σ_d²) and
     c_out = √(1 - c_skip): above σ_d it is the plain x0 network (c_skip → 0, c_out → 1); below it the
-    output is the input plus a correction scaled by σ, so at low noise it cannot do worse than the identity.
+    output is the input plus a correction scaled by σ, which F must learn for the noise to be removed.
     A study architecture only (the prediction type stays ``sample``).
     """
 
@@ -129,7 +129,6 @@ ARCHS = {
     "p2-48-96": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(48, 96))),
     "sc": (SelfCondUNet, {}),  # tiny's UNet with self-conditioning (one more input channel)
     "skip0.1": (SkipUNet, dict(sigma_data=0.1)),  # tiny's UNet with EDM's skip below σ = 0.1
-    "skip0.5": (SkipUNet, dict(sigma_data=0.5)),
 }
 
 

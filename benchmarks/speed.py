@@ -234,7 +234,7 @@ def warm_part(args, res, out, ours, flops, device, have_diffusers, deadline):
     for label, make, graphs in warm_plan(ours, device, have_diffusers):
         check(deadline, label)
         # Every row compiles the same UNet.forward: without a reset, Dynamo's per-function recompile limit
-        # (8) fills up after a few rows and later "compiled" rows silently run eager (a GPU session saw
+        # (8) can fill up and later "compiled" rows silently run eager (a GPU session saw
         # compiled fp16 + CUDA graphs at 116 img/s, below eager bf16).
         torch._dynamo.reset()
         os.environ["DDIMKIT_CUDA_GRAPHS"] = "1" if graphs else "0"  # read when the pipeline compiles
