@@ -11,6 +11,9 @@ classifier: the share of samples recognised with confidence ≥ 0.9, and the cla
 - ``split``: 100 DDIM steps, with η = 1 above a switch timestep and η = 0 below it, and the other way round.
   Where the noise helps, the deterministic path meets the network's errors.
 
+On a class-conditional model every cell samples as ``Pipeline.sample`` does: image i asks for label i mod K,
+guided at the model's own guidance scale.
+
 - ``--average K``: the network's weights are the mean of the EMA weights of the run's last K checkpoints
   (a post-hoc stand-in for a longer EMA), to ask whether weight noise is what the deterministic path meets.
 
@@ -31,6 +34,7 @@ from ddimkit import classifier as C
 from ddimkit.checkpoint import checkpoint_dirs, read_checkpoint
 from ddimkit.data import to_uint8
 from ddimkit.denoiser import Denoiser
+from ddimkit.guidance import conditioned
 from ddimkit.noise import randn
 from ddimkit.samplers import sample_ddim
 from ddimkit.schedule import timesteps
@@ -52,7 +56,9 @@ def split_sample(pipe, n: int, switch: int, eta_high: float, eta_low: float, ste
     """DDIM on the pipeline's grid with η = ``eta_high`` for t ≥ ``switch`` and ``eta_low`` below it."""
     # the model's own sampling defaults, as Pipeline.sample applies them
     opts = pipe.sampling
-    den = Denoiser(pipe.model, pipe.prediction_type, opts["clip_sample"], opts["thresholding"],
+    labels = pipe.class_labels(None, n)
+    model = pipe.model if labels is None else conditioned(pipe.model, labels, opts["guidance_scale"], pipe.null_label)
+    den = Denoiser(model, pipe.prediction_type, opts["clip_sample"], opts["thresholding"],
                    opts["sample_max_value"], opts["use_clipped_model_output"])
     grid = timesteps(pipe.schedule, steps, opts["spacing"], opts["steps_offset"])
     high, low = grid[grid >= switch], grid[grid < switch]

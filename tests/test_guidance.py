@@ -186,6 +186,23 @@ def test_trained_class_conditional_pipeline_samples_guides_and_inverts(cond_run)
         torch.testing.assert_close(pipe.reconstruct(z, 5, class_labels=labels), back)
 
 
+def test_diagnosis_split_cells_guide_like_pipeline_sample(cond_run, monkeypatch):
+    """benchmarks/sampler_diagnosis.py's split cells on a class-conditional model: η = 0 on both sides of the
+    switch is one DDIM-100 run, so it must draw Pipeline.sample's images (labels i mod K, the model's scale)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import sampler_diagnosis
+
+    pipe = dk.load(cond_run.out)
+    split = sampler_diagnosis.split_sample(pipe, 3, switch=500, eta_high=0.0, eta_low=0.0)
+    whole = pipe.sample(3, "ddim", steps=100, eta=0.0, generator=torch.Generator().manual_seed(0))
+    unguided = pipe.sample(3, "ddim", steps=100, eta=0.0, generator=torch.Generator().manual_seed(0),
+                           guidance_scale=1.0)
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
+    assert not torch.allclose(split, unguided, atol=1e-3)
+
+
 def test_round_trip_is_near_exact_with_the_same_label_only():
     net = LabelNet()
     x0 = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(4)) - 0.5
