@@ -95,10 +95,14 @@ def test_study_skip_network_is_edm_preconditioning_of_an_x0_network(tmp_path, mo
     exactly, and a trained run reloads with the same outputs."""
     monkeypatch.syspath_prepend(BENCHMARKS)
     import recipe_study
+    from ddimkit import train_config
     from ddimkit.models import presets
 
     monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
     monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
+    rates = dict(train_config.DEFAULT_LR)  # _register adds the study's name; the test leaves no trace
+    monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
+    monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
     ab = dk.NoiseSchedule.linear().alphas_cumprod.double()
     skip = 0.1 ** 2 / ((1 - ab) / ab + 0.1 ** 2)
     net = recipe_study.SkipUNet(sigma_data=0.1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
