@@ -9,6 +9,10 @@ A diffusers unconditional pipeline folder holds::
 The UNet's weights go into ddimkit's own :class:`~ddimkit.models.UNet` (same layout; the older attention
 names are renamed); the scheduler config becomes the noise schedule, the prediction type and the sampling
 defaults. What ddimkit cannot represent faithfully is refused with one line naming the field.
+
+An exported folder also holds ``ddimkit.json``: what diffusers' format has no field for (a class-conditional
+model's class count and null label, the guidance scale, and whether ε̂ is re-derived from the clipped x̂0),
+so that a model exported and loaded back samples as before. diffusers ignores the file.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ _SCHEDULER_FIELDS = {
     "skip_prk_steps",  # PNDM's: ddimkit runs its own samplers over the same schedule
 }
 _SCHEDULER_NEUTRAL = {"timestep_type": ("discrete",), "skip_prk_steps": (True, False)}
+EXTRAS_FILE = "ddimkit.json"
+_EXTRA_SAMPLING = ("guidance_scale", "use_clipped_model_output")
 
 
 def is_hub_id(text: str) -> bool:
@@ -171,9 +177,12 @@ def load_diffusers(path_or_id: str, device=None, precision: str = "fp32"):
     model = UNet(**kwargs)
     load_weights(model, convert_diffusers_state_dict(_read_unet_weights(folder / "unet")), folder / "unet")
     device = torch.device(device) if device is not None else default_device()
+    extras = read_json(folder / EXTRAS_FILE) if (folder / EXTRAS_FILE).is_file() else {}
+    sampling.update({k: v for k, v in (extras.get("sampling") or {}).items() if k in _EXTRA_SAMPLING})
     config = {"model": {"name": "diffusers", "class": "UNet", "config": model.config},
               "schedule": schedule.config, "prediction_type": prediction, "sampling": sampling,
-              "source": {"diffusers": str(path_or_id)}}
+              "source": {"diffusers": str(path_or_id)},
+              **{k: extras[k] for k in ("num_classes", "null_label") if extras.get(k) is not None}}
     return Pipeline(model.to(device), schedule, prediction, config, sampling, precision)
 
 
@@ -227,6 +236,11 @@ def export_diffusers(pipe, out: str | Path) -> Path:
                  lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     write_json(out / "scheduler" / "scheduler_config.json",
                scheduler_config_from(pipe.schedule, pipe.prediction_type, pipe.sampling))
-    (out / "README.md").write_text(f"Exported by ddimkit {__version__}: an unconditional DDPM pipeline "
-                                   "(UNet2DModel + DDPMScheduler).\n")
+    write_json(out / EXTRAS_FILE, {"num_classes": pipe.num_classes, "null_label": pipe.null_label,
+                                   "sampling": {k: pipe.sampling[k] for k in _EXTRA_SAMPLING if k in pipe.sampling}})
+    kind = ("a class-conditional UNet2DModel (num_class_embeds; diffusers' DDPMPipeline passes no labels, so "
+            "call the UNet with class_labels) and a DDPMScheduler" if pipe.num_classes is not None
+            else "an unconditional DDPM pipeline (UNet2DModel + DDPMScheduler)")
+    (out / "README.md").write_text(f"Exported by ddimkit {__version__}: {kind}. {EXTRAS_FILE} holds what "
+                                   "diffusers' format has no field for; diffusers ignores it.\n")
     return out

@@ -203,6 +203,27 @@ def test_diagnosis_split_cells_guide_like_pipeline_sample(cond_run, monkeypatch)
     assert not torch.allclose(split, unguided, atol=1e-3)
 
 
+def test_diffusers_export_keeps_labels_and_guidance(cond_run, tmp_path):
+    """A class-conditional model exported to diffusers and loaded back keeps K, its null label, its guidance
+    scale and its clipped-model-output setting (ddimkit.json), so it samples as before; without that file
+    it still loads, but cannot guide."""
+    from ddimkit.diffusers_io import EXTRAS_FILE, export_diffusers
+
+    pipe = dk.load(cond_run.out)
+    out = export_diffusers(pipe, tmp_path / "exported")
+    back = dk.load(out, device="cpu")
+    assert (back.num_classes, back.null_label) == (pipe.num_classes, pipe.null_label) == (10, 10)
+    for key in ("guidance_scale", "use_clipped_model_output"):
+        assert back.sampling[key] == pipe.sampling[key]
+    a, b = (p.sample(4, steps=3, generator=torch.Generator().manual_seed(0)) for p in (pipe, back))
+    torch.testing.assert_close(a, b)
+    (out / EXTRAS_FILE).unlink()
+    bare = dk.load(out, device="cpu")
+    assert bare.null_label is None
+    with pytest.raises(ValueError, match="null label"):
+        bare.sample(2, steps=3, guidance_scale=2.0)
+
+
 def test_round_trip_is_near_exact_with_the_same_label_only():
     net = LabelNet()
     x0 = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(4)) - 0.5
