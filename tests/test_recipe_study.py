@@ -10,9 +10,9 @@ from ddimkit.train import TrainConfig, train
 BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")
 
 
-def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, monkeypatch):
-    """benchmarks/recipe_study.py's patch UNet: the inner UNet sees and returns 2×2 patches as channels, the
-    study's architectures train at tiny's learning rate (not the 2e-4 of unknown presets), and runs reload."""
+def _study(monkeypatch):
+    """benchmarks/recipe_study.py and the learning-rate table, with the preset, class and learning-rate
+    registries that its _register writes to replaced by copies, so that a test leaves no trace."""
     monkeypatch.syspath_prepend(BENCHMARKS)
     import recipe_study
     from ddimkit import train_config
@@ -20,9 +20,16 @@ def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, 
 
     monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
     monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
-    rates = dict(train_config.DEFAULT_LR)  # _register adds the study's names; the test leaves no trace
+    rates = dict(train_config.DEFAULT_LR)
     monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
     monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
+    return recipe_study, rates
+
+
+def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, monkeypatch):
+    """benchmarks/recipe_study.py's patch UNet: the inner UNet sees and returns 2×2 patches as channels, the
+    study's architectures train at tiny's learning rate (not the 2e-4 of unknown presets), and runs reload."""
+    recipe_study, rates = _study(monkeypatch)
     name = recipe_study._register("p2-24-48")
     cfg = TrainConfig(out=str(tmp_path / "p"), model=name, steps=2, batch_size=4, warmup=1, save_every=2,
                       sample_every=0, num_sample_images=0)
@@ -93,16 +100,7 @@ def test_study_skip_network_is_edm_preconditioning_of_an_x0_network(tmp_path, mo
     """SkipUNet: x̂0 = c_skip x_t/√ᾱ + c_out F with EDM's c_skip = σ_d²/(σ² + σ_d²), σ² = (1-ᾱ)/ᾱ, and
     c_out = √(1 - c_skip); an inner output equal to the target (x0 - c_skip x_t/√ᾱ)/c_out gives back x0
     exactly, and a trained run reloads with the same outputs."""
-    monkeypatch.syspath_prepend(BENCHMARKS)
-    import recipe_study
-    from ddimkit import train_config
-    from ddimkit.models import presets
-
-    monkeypatch.setattr(presets, "_PRESETS", dict(presets._PRESETS))
-    monkeypatch.setattr(presets, "MODEL_CLASSES", dict(presets.MODEL_CLASSES))
-    rates = dict(train_config.DEFAULT_LR)  # _register adds the study's name; the test leaves no trace
-    monkeypatch.setattr(train_config, "DEFAULT_LR", rates)
-    monkeypatch.setattr(recipe_study, "DEFAULT_LR", rates)
+    recipe_study, _ = _study(monkeypatch)
     ab = dk.NoiseSchedule.linear().alphas_cumprod.double()
     skip = 0.1 ** 2 / ((1 - ab) / ab + 0.1 ** 2)
     net = recipe_study.SkipUNet(sigma_data=0.1, block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
