@@ -100,8 +100,9 @@ class SkipUNet(nn.Module):
         super().__init__()
         self.unet = UNet(**unet_kwargs)
         self.config = dict(sigma_data=sigma_data, **unet_kwargs)
-        # numpy, not the schedule's tensors: the loader may build the network under torch.device("meta")
-        ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))  # NoiseSchedule.linear()
+        # computed on the CPU: the loader may build the network under torch.device("meta")
+        with torch.device("cpu"):
+            ab = dk.NoiseSchedule.linear().alphas_cumprod.to(torch.float64).numpy()
         skip = sigma_data ** 2 / ((1 - ab) / ab + sigma_data ** 2)
         self.register_buffer("c_in", torch.as_tensor(skip / np.sqrt(ab), dtype=torch.float32))
         self.register_buffer("c_out", torch.as_tensor(np.sqrt(1 - skip), dtype=torch.float32))

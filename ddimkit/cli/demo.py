@@ -2,8 +2,8 @@
 
 Two parts:
 1. a short from-scratch training run: the default recipe, class-conditional, on the bundled digits and their
-   labels for at most 3 minutes (less under a time budget), sampled with DDIM-50 and DDPM-1000 under classifier-free guidance (and DDIM-50
-   without it) and scored by the shipped digit classifier;
+   labels for at most 3 minutes (less under a time budget), sampled with DDIM-50 and DDPM-1000 under
+   classifier-free guidance (and DDIM-50 without it) and scored by the shipped digit classifier;
 2. the shipped MNIST model (``pretrained:mnist``): DDPM-1000 against DDIM at 10, 20 and 50 steps from the
    same starting noise, a DDIM inversion round trip of real digits, and a fusion of two of them.
 """
@@ -38,9 +38,9 @@ def register(sub):
     p = sub.add_parser("demo", help="the main job on the bundled data: train, sample DDIM and DDPM, score; then "
                                     "the shipped MNIST model: samplers, inversion, fusion",
                        description="Train the default recipe, class-conditional, on the bundled 5,000 MNIST digits "
-                                   "for at most 3 minutes (CPU, offline), sample with DDIM (50 steps, η=0) and DDPM (1000 "
-                                   "steps) under classifier-free guidance, and report how many samples the shipped "
-                                   "digit classifier recognises. Then show the shipped MNIST "
+                                   "for at most 3 minutes (CPU, offline), sample with DDIM (50 steps, η=0) and DDPM "
+                                   "(1000 steps) under classifier-free guidance, and report how many samples the "
+                                   "shipped digit classifier recognises. Then show the shipped MNIST "
                                    "model: DDPM-1000 against DDIM at 50/20/10 steps from the same noise, an inversion "
                                    "round trip and a fusion of two real digits.")
     p.add_argument("--out", default="runs/demo")
