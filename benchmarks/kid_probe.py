@@ -8,9 +8,9 @@
 The reference is the first ``--num-ref`` (default ``--num``) images of ``--ref``, and every KID (Inception
 features, 100 subsets) is taken against it. ``--perturb`` scores ``--num`` images of ``--real`` as they are,
 with Gaussian pixel noise of 1 and 3 grey levels (seed 0), and half-blended with their 3×3 box blur.
-``--cells SPACING:ETA`` scores ``--num`` DDIM-50 samples of ``--ckpt`` from seed 0; the spacing
-``identity-last`` is the ``leading`` grid with the network's x̂0 at t = 0, the last evaluation, replaced by
-x_t/√ᾱ_0 (a diagnostic, not a sampler). Each row also gives the share of pixels at exactly 0 and at 1–8
+``--cells SPACING:ETA[:STEPS]`` scores ``--num`` DDIM samples (50 steps unless given) of ``--ckpt`` from
+seed 0; the spacing ``identity-last`` is the ``leading`` grid with the network's x̂0 at t = 0, the last
+evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler). Each row also gives the share of pixels at exactly 0 and at 1–8
 grey levels (the data's background is 0), and ``--lowt`` the network's x̂0-MSE at small t against that of
 the identity estimate x_t/√ᾱ_t on the reference.
 """
@@ -62,12 +62,12 @@ def _identity_last(pipe):
 
 
 def samples(ckpt: str, cell: str, num: int) -> torch.Tensor:
-    spacing, eta = cell.split(":")
+    spacing, eta, *steps = cell.split(":")
     pipe = dk.load(ckpt)
     if spacing == "identity-last":
         _identity_last(pipe)
         spacing = "leading"
-    x = pipe.sample(num, "ddim", steps=50, eta=float(eta), spacing=spacing,
+    x = pipe.sample(num, "ddim", steps=int(steps[0]) if steps else 50, eta=float(eta), spacing=spacing,
                     generator=torch.Generator().manual_seed(0))
     return to_uint8(x)
 
@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--real", help="real images for --perturb")
     ap.add_argument("--perturb", action="store_true")
     ap.add_argument("--ckpt")
-    ap.add_argument("--cells", default="", help="SPACING:ETA,... DDIM-50 cells of --ckpt")
+    ap.add_argument("--cells", default="", help="SPACING:ETA[:STEPS],... DDIM cells of --ckpt (50 steps)")
     ap.add_argument("--lowt", action="store_true", help="x̂0-MSE at small t of --ckpt")
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--num-ref", type=int, default=None)

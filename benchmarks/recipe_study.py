@@ -3,8 +3,9 @@
     python benchmarks/recipe_study.py --data mnist-5k --heldout npz:../shared/data/mnist_10k.npz:x \\
         --classifier mnist --seconds 180 --variant base --variant v-minsnr:prediction=v,min_snr_gamma=5
 
-Each variant is ``NAME[:key=value,...]`` over the default :class:`ddimkit.TrainConfig` (plus the study's
-``--set`` options); ``arch=NAME`` picks a study architecture from :data:`ARCHS`. Training is capped by
+Each variant is ``NAME[:key=value,...]`` over :data:`STUDY_BASE` (the digits' recipe that the study's tables
+in docs/training.md measure from; every other option at :class:`ddimkit.TrainConfig`'s default) and the
+study's ``--set`` options; ``arch=NAME`` picks a study architecture from :data:`ARCHS`. Training is capped by
 wall-clock seconds (``--seconds``; all variants share it) through ``TrainConfig.minutes``. Then 256 samples
 with DDIM-50 η = 0 (and η = 1) from seed 0 are scored by the shipped classifier (recognition rate at
 confidence ≥ 0.9, classes seen, classifier-FD against held-out images), and the EMA network's held-out ε-MSE
@@ -32,6 +33,9 @@ from ddimkit.models.unet import UNet
 from ddimkit.train_config import DEFAULT_LR
 
 TIMESTEPS = (5, 25, 50, 100, 200, 300, 500, 700, 900, 990)
+#: The recipe every variant starts from: the digits' recipe (`tiny`, min-SNR-0.25, the preset's lr 4e-3),
+#: pinned so that the study's commands measure what they measured when TrainConfig's defaults were these.
+STUDY_BASE = dict(model="tiny", min_snr_gamma=0.25)
 
 
 class PatchUNet(nn.Module):
@@ -160,6 +164,17 @@ def _parse(spec: str) -> tuple[str, dict]:
     return name, kw
 
 
+def variant_config(spec: str, common: dict, data: str, out: Path, seconds: float) -> tuple[str, dict, dk.TrainConfig]:
+    """A variant's name, its options (over :data:`STUDY_BASE`, then ``common``) and its run's config."""
+    name, kw = _parse(spec)
+    kw = {**STUDY_BASE, **common, **kw}
+    if "arch" in kw:
+        kw["model"] = _register(kw.pop("arch"))
+    cfg = dk.TrainConfig(**{**dict(data=data, out=str(out / name), steps=100000, save_every=200, sample_every=0,
+                                   num_sample_images=0, minutes=seconds / 60 if seconds else None), **kw})
+    return name, kw, cfg
+
+
 @torch.no_grad()
 def denoising_error(pipe, x0: torch.Tensor, seed: int = 1) -> dict:
     """Held-out ε-MSE and x̂0-MSE of the pipeline's network at :data:`TIMESTEPS` (same noise for every model)."""
@@ -219,17 +234,11 @@ def main():
             _report(rec)
         return
     for spec in args.variant or []:
-        name, kw = _parse(spec)
-        kw = {**common, **kw}
-        if "arch" in kw:
-            kw["model"] = _register(kw.pop("arch"))
+        name, kw, cfg = variant_config(spec, common, args.data, out, args.seconds)
         run = out / name
         if (run / "study.json").is_file():
             print(f"{name}: done already")
             continue
-        cfg = dk.TrainConfig(**{**dict(data=args.data, out=str(run), steps=100000, save_every=200,
-                                       sample_every=0, num_sample_images=0,
-                                       minutes=args.seconds / 60 if args.seconds else None), **kw})
         t0 = time.perf_counter()
         result = dk.train(cfg, resume=(run / "latest").is_file(), progress=False)
         train_s = time.perf_counter() - t0

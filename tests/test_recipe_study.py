@@ -48,6 +48,21 @@ def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, 
         torch.testing.assert_close(again.model(x, t), net(x, t))
 
 
+def test_study_variants_start_from_the_digits_recipe_not_the_defaults(tmp_path, monkeypatch):
+    """The study's tables measure over the digits' recipe (tiny, min-SNR-0.25, lr 4e-3), which is no longer
+    TrainConfig's default: a variant without options trains it, and options and --set still override it."""
+    recipe_study, rates = _study(monkeypatch)
+    default = TrainConfig()
+    name, _, base = recipe_study.variant_config("base", {}, "mnist-5k", tmp_path, 250)
+    assert name == "base" and (base.model, base.min_snr_gamma) == ("tiny", 0.25) != (default.model,
+                                                                                      default.min_snr_gamma)
+    assert base.peak_lr == rates["tiny"] == 4e-3 and base.minutes == 250 / 60 and base.out == str(tmp_path / "base")
+    _, kw, g5 = recipe_study.variant_config("g5:min_snr_gamma=5", {"steps": 800}, "mnist-5k", tmp_path, 0)
+    assert (g5.model, g5.min_snr_gamma, g5.steps, g5.minutes) == ("tiny", 5, 800, None)
+    _, _, arch = recipe_study.variant_config("p:arch=p2-24-48", {}, "mnist-5k", tmp_path, 0)
+    assert arch.model == "study-p2-24-48" and arch.min_snr_gamma == 0.25
+
+
 def test_study_self_conditioning_sees_its_previous_output_along_one_path(monkeypatch):
     """benchmarks/recipe_study.py's SelfCondUNet: in sampling, each call is conditioned on the last call's
     (clipped) output, and a call at a timestep not below the last one starts again from an empty condition."""
@@ -122,3 +137,24 @@ def test_study_skip_network_is_edm_preconditioning_of_an_x0_network(tmp_path, mo
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(dk.load(tmp_path / "s").model(x, t[:2]), res.pipeline.model(x, t[:2]))
+
+
+def test_denoising_error_is_zero_for_the_exact_x0_network(monkeypatch):
+    """benchmarks/denoising_error.py's measure (recipe_study.denoising_error): on held-out copies of one image c,
+    a network that predicts x0 = c is exact, so its x̂0-error vanishes at every t, and so does its ε̂-error,
+    which is measured against the very noise that made x_t. A constant 0 network's x̂0-MSE is the images'
+    mean square."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import recipe_study
+    from types import SimpleNamespace
+
+    c = torch.rand(1, 1, 8, 8) * 2 - 1
+    exact = SimpleNamespace(model=lambda x, t: c.expand_as(x), schedule=dk.NoiseSchedule.linear(),
+                            prediction_type="sample")
+    errors = recipe_study.denoising_error(exact, c.repeat(16, 1, 1, 1))
+    assert set(errors) == set(recipe_study.TIMESTEPS)
+    for eps_mse, x0_mse in errors.values():
+        assert x0_mse < 1e-12 and eps_mse < 1e-8
+    zero = SimpleNamespace(**{**vars(exact), "model": lambda x, t: torch.zeros_like(x)})
+    for _, x0_mse in recipe_study.denoising_error(zero, c.repeat(16, 1, 1, 1)).values():
+        assert abs(x0_mse - float(c.pow(2).mean())) < 1e-6

@@ -30,7 +30,7 @@ def register(sub):
                    help="wall-clock budget: stop and save at the first step after it (resumable)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate (default: by preset, 4e-3 for tiny, 2e-4 for ddpm-cifar10)")
+                   help="peak learning rate (default: by preset, 2e-3 for small, 4e-3 for tiny, 2e-4 for ddpm-cifar10)")
     p.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear LR warm-up steps")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -46,9 +46,10 @@ _PRESETS: dict[str, tuple[type[nn.Module], int, int, dict]] = {
         norm_num_groups=4,
         attention_head_dim=32,
     )),
-    # `tiny` twice as wide (16-32-64), 686,769 parameters: the shipped Fashion-MNIST model's network, for
-    # long runs where textures need the width; 0.40x tiny's training speed per image on one CPU thread
-    # (benchmarks/arch_speed.py).
+    # `tiny` twice as wide (16-32-64), 686,769 parameters: the default network and the shipped Fashion-MNIST
+    # model's. 0.40x tiny's training speed per image on one CPU thread in fp32 (benchmarks/arch_speed.py), yet
+    # at 10 CPU-minutes on Fashion-MNIST it beats tiny (KID 0.0230 against 0.0309 at min-SNR-0.25,
+    # docs/training.md): textures need the width.
     "small": (UNet, 1, 28, dict(
         block_out_channels=(16, 32, 64),
         layers_per_block=1,
