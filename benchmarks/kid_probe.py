@@ -10,9 +10,9 @@ features, 100 subsets) is taken against it. ``--perturb`` scores ``--num`` image
 with Gaussian pixel noise of 1 and 3 grey levels (seed 0), and half-blended with their 3×3 box blur.
 ``--cells SPACING:ETA[:STEPS]`` scores ``--num`` DDIM samples (50 steps unless given) of ``--ckpt`` from
 seed 0; the spacing ``identity-last`` is the ``leading`` grid with the network's x̂0 at t = 0, the last
-evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler). Each row also gives the share of pixels at exactly 0 and at 1–8
-grey levels (the data's background is 0), and ``--lowt`` the network's x̂0-MSE at small t against that of
-the identity estimate x_t/√ᾱ_t on the reference.
+evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler). Each row also gives the share of pixels at
+exactly 0 and at 1–8 grey levels (the data's background is 0), and ``--lowt`` the network's x̂0-MSE at small
+t against that of the identity estimate x_t/√ᾱ_t on the reference.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch
 from torch.nn import functional as F
 
 import ddimkit as dk
-from ddimkit.data import load_images, to_uint8
+from ddimkit.data import load_images, to_model_range, to_uint8
+from ddimkit.diffusion import levels
 from ddimkit.metrics import inception_features, kid
 from recipe_study import register_classes
 
@@ -37,7 +38,7 @@ def _background(u8: torch.Tensor) -> dict:
 
 
 def perturbations(real_u8: torch.Tensor) -> dict:
-    x = real_u8.float() / 127.5 - 1
+    x = to_model_range(real_u8)
     g = torch.Generator().manual_seed(0)
     out = {"as they are": real_u8}
     for grey in (1, 3):  # one grey level is 2/255 on the [-1, 1] scale
@@ -75,13 +76,12 @@ def samples(ckpt: str, cell: str, num: int) -> torch.Tensor:
 @torch.no_grad()
 def low_t_error(ckpt: str, ref_u8: torch.Tensor, timesteps=(0, 5, 19, 50, 150)) -> dict:
     pipe = dk.load(ckpt)
-    x0 = ref_u8[:500].float() / 127.5 - 1
-    ab = pipe.schedule.alphas_cumprod
+    x0 = to_model_range(ref_u8[:500])
     out = {}
     for t in timesteps:
-        a, s = ab[t].sqrt().float(), (1 - ab[t]).sqrt().float()
-        xt = a * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
         tt = torch.full((len(x0),), t)
+        a, s = levels(pipe.schedule, tt, x0)
+        xt = a * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(t))
         x0_hat, _ = dk.Denoiser(pipe.model, pipe.prediction_type, clip_sample=1.0)(xt, tt, a, s)
         identity = (xt / a).clamp(-1, 1)
         out[t] = dict(net=float((x0_hat - x0).pow(2).mean()), identity=float((identity - x0).pow(2).mean()))

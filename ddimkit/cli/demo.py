@@ -1,7 +1,7 @@
 """``ddimkit demo``: the main job, offline on a CPU.
 
 Two parts:
-1. a short from-scratch training run: the default recipe, class-conditional, on the bundled digits and their
+1. a short from-scratch training run: the digits' recipe, class-conditional, on the bundled digits and their
    labels for at most 3 minutes (less under a time budget), sampled with DDIM-50 and DDPM-1000 under
    classifier-free guidance (and DDIM-50 without it) and scored by the shipped digit classifier;
 2. the shipped MNIST model (``pretrained:mnist``): DDPM-1000 against DDIM at 10, 20 and 50 steps from the
@@ -39,7 +39,7 @@ PRETRAINED_CELLS = (("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("ddim", 10))
 def register(sub):
     p = sub.add_parser("demo", help="the main job on the bundled data: train, sample DDIM and DDPM, score; then "
                                     "the shipped MNIST model: samplers, inversion, fusion",
-                       description="Train the default recipe, class-conditional, on the bundled 5,000 MNIST digits "
+                       description="Train the digits' recipe, class-conditional, on the bundled 5,000 MNIST digits "
                                    "for at most 3 minutes (CPU, offline), sample with DDIM (50 steps, η=0) and DDPM "
                                    "(1000 steps) under classifier-free guidance, and report how many samples the "
                                    "shipped digit classifier recognises. Then show the shipped MNIST "
