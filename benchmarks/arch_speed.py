@@ -15,7 +15,7 @@ import torch
 from ddimkit.diffusion import training_loss
 from ddimkit.models import create_model
 from ddimkit.schedule import NoiseSchedule
-from recipe_study import ARCHS, _register
+from recipe_study import ARCHS, register_arch
 
 
 def images_per_second(name: str, batch: int = 128, steps: int = 3) -> float:
@@ -37,7 +37,7 @@ def images_per_second(name: str, batch: int = 128, steps: int = 3) -> float:
 
 def main():
     torch.set_num_threads(1)
-    names = ["tiny"] + [_register(a) for a in ARCHS]
+    names = ["tiny"] + [register_arch(a) for a in ARCHS]
     best = {n: 0.0 for n in names}
     for _ in range(3):
         for n in names:

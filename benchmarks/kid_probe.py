@@ -10,9 +10,11 @@ features, 100 subsets) is taken against it. ``--perturb`` scores ``--num`` image
 with Gaussian pixel noise of 1 and 3 grey levels (seed 0), and half-blended with their 3×3 box blur.
 ``--cells SPACING:ETA[:STEPS]`` scores ``--num`` DDIM samples (50 steps unless given) of ``--ckpt`` from
 seed 0; the spacing ``identity-last`` is the ``leading`` grid with the network's x̂0 at t = 0, the last
-evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler). Each row also gives the share of pixels at
-exactly 0 and at 1–8 grey levels (the data's background is 0), and ``--lowt`` the network's x̂0-MSE at small
-t against that of the identity estimate x_t/√ᾱ_t on the reference.
+evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler); ``--raw`` samples them from the raw weights
+instead of the EMA's. ``--from-t T,...`` scores ``--num`` held-out reference images (those after the first
+``--num-ref``) noised to t = T and denoised by the model's DDIM steps T, T - 20, ..., 0. Each row also gives
+the share of pixels at exactly 0 and at 1–8 grey levels (the data's background is 0), and ``--lowt`` the
+network's x̂0-MSE at small t against that of the identity estimate x_t/√ᾱ_t on the reference.
 """
 
 from __future__ import annotations
@@ -62,15 +64,28 @@ def _identity_last(pipe):
     net.forward = last_is_identity
 
 
-def samples(ckpt: str, cell: str, num: int) -> torch.Tensor:
+def samples(ckpt: str, cell: str, num: int, ema: bool = True) -> torch.Tensor:
     spacing, eta, *steps = cell.split(":")
-    pipe = dk.load(ckpt)
+    pipe = dk.load(ckpt, ema=ema)
     if spacing == "identity-last":
         _identity_last(pipe)
         spacing = "leading"
     x = pipe.sample(num, "ddim", steps=int(steps[0]) if steps else 50, eta=float(eta), spacing=spacing,
                     generator=torch.Generator().manual_seed(0))
     return to_uint8(x)
+
+
+@torch.no_grad()
+def from_t(ckpt: str, real_u8: torch.Tensor, t: int, stride: int = 20) -> torch.Tensor:
+    """Real images noised to timestep ``t`` (seed 1), then taken down by the model's DDIM η = 0 steps on
+    the grid t, t - stride, ..., 0 (the last steps of the leading 50-step grid): what the model's low-noise
+    steps alone cost."""
+    pipe = dk.load(ckpt)
+    x0 = to_model_range(real_u8)
+    tt = torch.full((len(x0),), t)
+    a, s = levels(pipe.schedule, tt, x0)
+    xt = a * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    return to_uint8(pipe.sample(len(x0), "ddim", steps=list(range(t, -1, -stride)), eta=0.0, x_T=xt))
 
 
 @torch.no_grad()
@@ -96,6 +111,9 @@ def main():
     ap.add_argument("--ckpt")
     ap.add_argument("--cells", default="", help="SPACING:ETA[:STEPS],... DDIM cells of --ckpt (50 steps)")
     ap.add_argument("--lowt", action="store_true", help="x̂0-MSE at small t of --ckpt")
+    ap.add_argument("--raw", action="store_true", help="sample --cells from the raw weights, not the EMA's")
+    ap.add_argument("--from-t", default="", help="T,...: --num reference images after the first --num-ref, "
+                    "noised to T and denoised by --ckpt's last DDIM steps (multiples of 20)")
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--num-ref", type=int, default=None)
     ap.add_argument("--ref-features", help="a .npy file caching the reference's Inception features")
@@ -116,9 +134,15 @@ def main():
         res[label] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
         print(label, res[label], flush=True)
     for cell in filter(None, args.cells.split(",")):
-        u8 = samples(args.ckpt, cell, args.num)
-        res[cell] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
-        print(cell, res[cell], flush=True)
+        u8 = samples(args.ckpt, cell, args.num, ema=not args.raw)
+        name = cell + (" raw" if args.raw else "")
+        res[name] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
+        print(name, res[name], flush=True)
+    held_out = load_images(args.ref)[len(ref):len(ref) + args.num] if args.from_t else None
+    for t in map(int, filter(None, args.from_t.split(","))):
+        u8 = from_t(args.ckpt, held_out, t)
+        res[f"real from t={t}"] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
+        print(f"real from t={t}", res[f"real from t={t}"], flush=True)
     if args.lowt:
         res["low_t_x0_mse"] = low_t_error(args.ckpt, ref)
         print(res["low_t_x0_mse"], flush=True)

@@ -132,6 +132,8 @@ ARCHS = {
     "p2-32-64": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64))),
     "p2-32-64-l2": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(32, 64), layers_per_block=2)),
     "p2-48-96": (PatchUNet, dict(_TWO_LEVELS, block_out_channels=(48, 96))),
+    "w16-32-128": (UNet, dict(block_out_channels=(16, 32, 128), norm_num_groups=8)),  # small, wider at 7×7
+    "ss": (UNet, dict(resnet_time_scale_shift="scale_shift")),  # the timestep as a GroupNorm scale and shift
     "sc": (SelfCondUNet, {}),  # tiny's UNet with self-conditioning (one more input channel)
     "skip0.1": (SkipUNet, dict(sigma_data=0.1)),  # tiny's UNet with EDM's skip below σ = 0.1
 }
@@ -143,13 +145,16 @@ def register_classes():
         presets.MODEL_CLASSES[cls.__name__] = cls
 
 
-def _register(arch: str) -> str:
-    _, ch, size, kw = presets._PRESETS["tiny"]
+def register_arch(arch: str, base: str = "tiny") -> str:
+    """Make study architecture ``arch`` (its options over preset ``base``'s) a preset, with ``base``'s learning
+    rate; returns the preset's name."""
+    _, ch, size, kw = presets._PRESETS[base]
     cls, arch_kw = ARCHS[arch]
-    presets._PRESETS["study-" + arch] = (cls, ch, size, {**kw, **arch_kw})
+    name = "study-" + arch if base == "tiny" else f"study-{base}-{arch}"
+    presets._PRESETS[name] = (cls, ch, size, {**kw, **arch_kw})
     presets.MODEL_CLASSES[cls.__name__] = cls  # so that the run's checkpoints load again (--rescore)
-    DEFAULT_LR["study-" + arch] = DEFAULT_LR["tiny"]  # not the 2e-4 that unknown presets get
-    return "study-" + arch
+    DEFAULT_LR[name] = DEFAULT_LR[base]  # not the 2e-4 that unknown presets get
+    return name
 
 
 def _parse(spec: str) -> tuple[str, dict]:
@@ -169,7 +174,7 @@ def variant_config(spec: str, common: dict, data: str, out: Path, seconds: float
     name, kw = _parse(spec)
     kw = {**STUDY_BASE, **common, **kw}
     if "arch" in kw:
-        kw["model"] = _register(kw.pop("arch"))
+        kw["model"] = register_arch(kw.pop("arch"))
     cfg = dk.TrainConfig(**{**dict(data=data, out=str(out / name), steps=100000, save_every=200, sample_every=0,
                                    num_sample_images=0, minutes=seconds / 60 if seconds else None), **kw})
     return name, kw, cfg

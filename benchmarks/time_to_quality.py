@@ -169,6 +169,8 @@ def parse_args():
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget of each recipe")
     ap.add_argument("--preset", default=None, help="ddimkit preset for (a) (default: the default recipe's); "
                                                    "ddpm-cifar10 also gives (b) the CIFAR-10 layout")
+    ap.add_argument("--arch", default=None, help="a study architecture of benchmarks/recipe_study.py (its options "
+                    "over --preset's, with --preset's learning rate)")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--num", type=int, default=2000, help="samples per recipe (classifier-FD uses them all)")
     ap.add_argument("--num-kid", type=int, default=1000)
@@ -219,6 +221,10 @@ def main():
     args.precision = "bf16" if cuda else "fp32"
     if args.quick:
         args.preset = args.preset or "tiny"
+    if args.arch:  # before either stage: the score stage loads the run's network class too
+        from recipe_study import register_arch
+
+        args.preset = register_arch(args.arch, args.preset or dk.TrainConfig.model)
     if args.stage == "train":
         if "ddimkit" not in args.skip:
             print("ddimkit", train_ddimkit(args, out / "ddimkit")[1], flush=True)

@@ -376,3 +376,25 @@ def test_torch_compile_fullgraph(mnist_unet):
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([7, 700])
     with torch.no_grad():
         assert (compiled(x, t) - mnist_unet(x, t)).abs().max().item() <= 1e-5
+
+
+def test_attention_in_bf16_on_the_cpu_matches_the_fused_kernel():
+    """The written-out bf16 attention (the CPU's fast path for training) agrees with scaled_dot_product_attention,
+    forward and backward, to bf16's rounding; in fp32 it is the fused kernel itself."""
+    from torch.nn import functional as F
+
+    from ddimkit.models.unet import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 49, 16, generator=g) for _ in range(3))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in)
+    ref.square().sum().backward()
+    low_in = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    low = attention(*low_in)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
+    low.float().square().sum().backward()
+    for a, b in zip(low_in, ref_in):
+        assert (a.grad.float() - b.grad).norm() < 0.03 * b.grad.norm()

@@ -12,7 +12,7 @@ BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")
 
 def _study(monkeypatch):
     """benchmarks/recipe_study.py and the learning-rate table, with the preset, class and learning-rate
-    registries that its _register writes to replaced by copies, so that a test leaves no trace."""
+    registries that its register_arch writes to replaced by copies, so that a test leaves no trace."""
     monkeypatch.syspath_prepend(BENCHMARKS)
     import recipe_study
     from ddimkit import train_config
@@ -30,7 +30,7 @@ def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, 
     """benchmarks/recipe_study.py's patch UNet: the inner UNet sees and returns 2×2 patches as channels, the
     study's architectures train at tiny's learning rate (not the 2e-4 of unknown presets), and runs reload."""
     recipe_study, rates = _study(monkeypatch)
-    name = recipe_study._register("p2-24-48")
+    name = recipe_study.register_arch("p2-24-48")
     cfg = TrainConfig(out=str(tmp_path / "p"), model=name, steps=2, batch_size=4, warmup=1, save_every=2,
                       sample_every=0, num_sample_images=0)
     assert cfg.peak_lr == rates["tiny"] != TrainConfig(model="unknown-preset").peak_lr
@@ -46,6 +46,21 @@ def test_study_patch_architecture_trains_at_the_tiny_rate_and_reloads(tmp_path, 
         torch.testing.assert_close(net(x, t), expected)
         again = dk.load(tmp_path / "p")
         torch.testing.assert_close(again.model(x, t), net(x, t))
+
+
+def test_study_architecture_over_another_preset_takes_its_options_and_rate(monkeypatch):
+    """register_arch(arch, base) (time_to_quality.py --arch): the study's options over the base preset's, at the
+    base preset's learning rate."""
+    recipe_study, rates = _study(monkeypatch)
+    from ddimkit.models import presets
+
+    name = recipe_study.register_arch("ss", base="small")
+    cls, _, _, kw = presets._PRESETS[name]
+    assert name == "study-small-ss" and TrainConfig(model=name).peak_lr == rates["small"] != rates["tiny"]
+    assert kw == {**presets._PRESETS["small"][3], "resnet_time_scale_shift": "scale_shift"}
+    net = presets.create_model(name)
+    assert tuple(net.config["block_out_channels"]) == (16, 32, 64)
+    assert net.config["resnet_time_scale_shift"] == "scale_shift"
 
 
 def test_study_variants_start_from_the_digits_recipe_not_the_defaults(tmp_path, monkeypatch):
@@ -131,7 +146,7 @@ def test_study_skip_network_is_edm_preconditioning_of_an_x0_network(tmp_path, mo
     monkeypatch.setattr(net.unet, "forward", lambda x, tt: target)
     torch.testing.assert_close(net(xt, t), x0, atol=1e-5, rtol=0)
     assert float(net.c_in[0] * ab[0].sqrt()) > 0.99 and float(net.c_out[999]) > 0.9999  # skip low, x0 high
-    name = recipe_study._register("skip0.1")
+    name = recipe_study.register_arch("skip0.1")
     res = train(TrainConfig(out=str(tmp_path / "s"), model=name, steps=2, batch_size=4, save_every=2,
                             sample_every=0, num_sample_images=0), progress=False)
     x = torch.randn(2, 1, 28, 28)
