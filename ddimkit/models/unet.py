@@ -255,7 +255,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     ``scaled_dot_product_attention`` everywhere except bf16 on a CPU, where it is written out: there the fused
     kernel's backward pass is slow on the short sequences of small UNets (the `small` preset's 49 positions:
-    9 ms a call, a fifth of a training step; written out, the step is 1.3× faster). The result is the same
+    9 ms a call, a fifth of a training step; written out, the step is 1.2× faster). The result is the same
     up to bf16 rounding (tested).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
