@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 import ddimkit as dk
 from ddimkit.data import load_images, to_model_range, to_uint8
-from ddimkit.diffusion import levels
+from ddimkit.diffusion import add_noise, levels
 from ddimkit.metrics import inception_features, kid
 from recipe_study import register_classes
 
@@ -76,15 +76,13 @@ def samples(ckpt: str, cell: str, num: int, ema: bool = True) -> torch.Tensor:
 
 
 @torch.no_grad()
-def from_t(ckpt: str, real_u8: torch.Tensor, t: int, stride: int = 20) -> torch.Tensor:
+def from_t(pipe, real_u8: torch.Tensor, t: int, stride: int = 20) -> torch.Tensor:
     """Real images noised to timestep ``t`` (seed 1), then taken down by the model's DDIM η = 0 steps on
     the grid t, t - stride, ..., 0 (the last steps of the leading 50-step grid): what the model's low-noise
     steps alone cost."""
-    pipe = dk.load(ckpt)
     x0 = to_model_range(real_u8)
-    tt = torch.full((len(x0),), t)
-    a, s = levels(pipe.schedule, tt, x0)
-    xt = a * x0 + s * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    xt = add_noise(pipe.schedule, x0, noise, torch.full((len(x0),), t))
     return to_uint8(pipe.sample(len(x0), "ddim", steps=list(range(t, -1, -stride)), eta=0.0, x_T=xt))
 
 
@@ -120,7 +118,8 @@ def main():
     ap.add_argument("--out", default="runs/kid-probe.json")
     args = ap.parse_args()
     register_classes()  # the study's networks load like any checkpoint
-    ref = load_images(args.ref)[:args.num_ref or args.num]
+    ref_images = load_images(args.ref)
+    ref = ref_images[:args.num_ref or args.num]
     cache = Path(args.ref_features) if args.ref_features else None
     if cache and cache.is_file():
         f_ref = np.load(cache)
@@ -128,21 +127,20 @@ def main():
         f_ref = inception_features(ref)
         if cache:
             np.save(cache, f_ref)
-    sets = perturbations(load_images(args.real)[:args.num]) if args.perturb else {}
     res = {"real": _background(ref)}
-    for label, u8 in sets.items():
-        res[label] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
-        print(label, res[label], flush=True)
-    for cell in filter(None, args.cells.split(",")):
-        u8 = samples(args.ckpt, cell, args.num, ema=not args.raw)
-        name = cell + (" raw" if args.raw else "")
+
+    def record(name: str, u8: torch.Tensor):
         res[name] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
         print(name, res[name], flush=True)
-    held_out = load_images(args.ref)[len(ref):len(ref) + args.num] if args.from_t else None
-    for t in map(int, filter(None, args.from_t.split(","))):
-        u8 = from_t(args.ckpt, held_out, t)
-        res[f"real from t={t}"] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
-        print(f"real from t={t}", res[f"real from t={t}"], flush=True)
+
+    for label, u8 in (perturbations(load_images(args.real)[:args.num]) if args.perturb else {}).items():
+        record(label, u8)
+    for cell in filter(None, args.cells.split(",")):
+        record(cell + (" raw" if args.raw else ""), samples(args.ckpt, cell, args.num, ema=not args.raw))
+    if args.from_t:
+        pipe, held_out = dk.load(args.ckpt), ref_images[len(ref):len(ref) + args.num]
+        for t in map(int, args.from_t.split(",")):
+            record(f"real from t={t}", from_t(pipe, held_out, t))
     if args.lowt:
         res["low_t_x0_mse"] = low_t_error(args.ckpt, ref)
         print(res["low_t_x0_mse"], flush=True)

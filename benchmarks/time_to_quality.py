@@ -53,8 +53,8 @@ TRAIN_INFO = "train_info.json"  # what --stage train leaves for --stage score
 def train_ddimkit(args, out: Path) -> tuple[dk.Pipeline, dict]:
     kw = dict(data=args.data, out=str(out), minutes=args.minutes, steps="auto", sample_every=0,
               num_sample_images=0, save_every=args.save_every)
-    if args.preset:
-        kw["model"] = args.preset
+    if args.model:
+        kw["model"] = args.model
     if args.image_size:
         kw["image_size"] = args.image_size
     for item in filter(None, args.set.split(",")):
@@ -221,10 +221,13 @@ def main():
     args.precision = "bf16" if cuda else "fp32"
     if args.quick:
         args.preset = args.preset or "tiny"
-    if args.arch:  # before either stage: the score stage loads the run's network class too
+    # ddimkit's network: --preset's, or a study architecture over it. Registered before either stage: the score
+    # stage loads the run's network class too. --preset itself still picks diffusers' layout.
+    args.model = args.preset
+    if args.arch:
         from recipe_study import register_arch
 
-        args.preset = register_arch(args.arch, args.preset or dk.TrainConfig.model)
+        args.model = register_arch(args.arch, args.preset or dk.TrainConfig.model)
     if args.stage == "train":
         if "ddimkit" not in args.skip:
             print("ddimkit", train_ddimkit(args, out / "ddimkit")[1], flush=True)
