@@ -254,8 +254,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q kᵀ/√d) v over the last two dimensions.
 
     ``scaled_dot_product_attention`` everywhere except bf16 on a CPU, where it is written out: there the fused
-    kernel's backward pass is slow on the short sequences of small UNets (the `small` preset's 49 positions:
-    9 ms a call, a fifth of a training step; written out, the step is 1.2× faster). The result is the same
+    kernel's backward pass is slow on the short sequences of small UNets (the `small` preset's 49 positions;
+    written out, its bf16 step is 1.2× faster: docs/training.md). The result is the same
     up to bf16 rounding (tested).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
