@@ -11,8 +11,10 @@ with Gaussian pixel noise of 1 and 3 grey levels (seed 0), and half-blended with
 ``--cells SPACING:ETA[:STEPS]`` scores ``--num`` DDIM samples (50 steps unless given) of ``--ckpt`` from
 seed 0; the spacing ``identity-last`` is the ``leading`` grid with the network's x̂0 at t = 0, the last
 evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler); ``--raw`` samples them from the raw weights
-instead of the EMA's. ``--from-t T,...`` scores ``--num`` held-out reference images (those after the first
-``--num-ref``) noised to t = T and denoised by the model's DDIM steps T, T - 20, ..., 0. Each row also gives
+instead of the EMA's; ``--autoguidance W,...`` scores each cell at each autoguidance scale, with the model's
+own guide or the EMA weights of the checkpoint ``--guide``. ``--from-t T,...`` scores ``--num`` held-out
+reference images (those after the first ``--num-ref``) noised to t = T and denoised by the model's DDIM steps
+T, T - 20, ..., 0. Each row also gives
 the share of pixels at exactly 0 and at 1–8 grey levels (the data's background is 0), and ``--lowt`` the
 network's x̂0-MSE at small t against that of the identity estimate x_t/√ᾱ_t on the reference.
 """
@@ -64,14 +66,17 @@ def _identity_last(pipe):
     net.forward = last_is_identity
 
 
-def samples(ckpt: str, cell: str, num: int, ema: bool = True) -> torch.Tensor:
+def samples(ckpt: str, cell: str, num: int, ema: bool = True, guide: str | None = None,
+            autoguidance: float | None = None) -> torch.Tensor:
     spacing, eta, *steps = cell.split(":")
     pipe = dk.load(ckpt, ema=ema)
+    if guide:  # another checkpoint's EMA weights as the guide
+        pipe.guide = dk.load(guide).model
     if spacing == "identity-last":
         _identity_last(pipe)
         spacing = "leading"
     x = pipe.sample(num, "ddim", steps=int(steps[0]) if steps else 50, eta=float(eta), spacing=spacing,
-                    generator=torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0), autoguidance_scale=autoguidance)
     return to_uint8(x)
 
 
@@ -110,6 +115,9 @@ def main():
     ap.add_argument("--cells", default="", help="SPACING:ETA[:STEPS],... DDIM cells of --ckpt (50 steps)")
     ap.add_argument("--lowt", action="store_true", help="x̂0-MSE at small t of --ckpt")
     ap.add_argument("--raw", action="store_true", help="sample --cells from the raw weights, not the EMA's")
+    ap.add_argument("--autoguidance", default="", help="W,...: score every cell at each autoguidance scale "
+                    "(default: the model's)")
+    ap.add_argument("--guide", default=None, help="a checkpoint folder whose EMA weights guide --ckpt's cells")
     ap.add_argument("--from-t", default="", help="T,...: --num reference images after the first --num-ref, "
                     "noised to T and denoised by --ckpt's last DDIM steps (multiples of 20)")
     ap.add_argument("--num", type=int, default=1000)
@@ -135,8 +143,11 @@ def main():
 
     for label, u8 in (perturbations(load_images(args.real)[:args.num]) if args.perturb else {}).items():
         record(label, u8)
+    scales = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [None]
     for cell in filter(None, args.cells.split(",")):
-        record(cell + (" raw" if args.raw else ""), samples(args.ckpt, cell, args.num, ema=not args.raw))
+        for w in scales:
+            name = cell + (" raw" if args.raw else "") + ("" if w is None else f" autoguidance {w:g}")
+            record(name, samples(args.ckpt, cell, args.num, not args.raw, args.guide, w))
     if args.from_t:
         pipe, held_out = dk.load(args.ckpt), ref_images[len(ref):len(ref) + args.num]
         for t in map(int, args.from_t.split(",")):

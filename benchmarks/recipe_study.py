@@ -35,7 +35,7 @@ from ddimkit.train_config import DEFAULT_LR
 TIMESTEPS = (5, 25, 50, 100, 200, 300, 500, 700, 900, 990)
 #: The recipe every variant starts from: the digits' recipe (`tiny`, min-SNR-0.25, the preset's lr 4e-3),
 #: pinned so that the study's commands measure what they measured when TrainConfig's defaults were these.
-STUDY_BASE = dict(model="tiny", min_snr_gamma=0.25)
+STUDY_BASE = dict(model="tiny", min_snr_gamma=0.25, autoguidance_at=None)
 
 
 class PatchUNet(nn.Module):

@@ -8,6 +8,7 @@ A training run's folder looks like::
       checkpoints/step-00001000/
         model.safetensors          weights
         ema.safetensors            EMA weights (when training keeps them)
+        guide.safetensors          the early EMA weights that autoguidance samples with (when kept)
         optimizer.safetensors      optimizer tensors, for --resume
         state.json                 step, optimizer hyper-parameters, config
 
@@ -121,7 +122,7 @@ def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict
 def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tensor], config: dict,
                     ema: dict[str, torch.Tensor] | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, guide: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``checkpoints/step-<8-digit step>`` atomically, point ``latest`` at it, and prune old ones.
 
     Returns the checkpoint folder.
@@ -135,6 +136,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: dict[str, torch.Tenso
         _save_tensors(tmp / "model.safetensors", model, {"format": FORMAT})
         if ema is not None:
             _save_tensors(tmp / "ema.safetensors", ema, {"format": FORMAT})
+        if guide is not None:
+            _save_tensors(tmp / "guide.safetensors", guide, {"format": FORMAT})
         state = {"format": FORMAT, "step": step, "config": config, **(extra or {})}
         if optimizer is not None:
             tensors, meta = optimizer_tensors(optimizer)
@@ -195,10 +198,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_checkpoint(path: str | Path, ema: bool = True, optimizer: bool = False, device="cpu") -> dict:
-    """Load a native checkpoint: ``{"dir", "step", "config", "model", "ema", "optimizer"}``.
+    """Load a native checkpoint: ``{"dir", "step", "config", "model", "ema", "guide", "optimizer"}``.
 
     ``model`` holds the EMA weights when ``ema`` is true and the checkpoint has them; the raw weights are
-    then under ``raw``. ``optimizer`` (a state_dict) is read only when asked for.
+    then under ``raw``. ``guide`` holds autoguidance's guide (:mod:`ddimkit.autoguidance`) or None.
+    ``optimizer`` (a state_dict) is read only when asked for.
     """
     ckpt = resolve_checkpoint(path)
     state = read_json(ckpt / "state.json")
@@ -209,6 +213,8 @@ def read_checkpoint(path: str | Path, ema: bool = True, optimizer: bool = False,
     has_ema = (ckpt / "ema.safetensors").is_file()
     out["ema"] = load_safetensors(ckpt / "ema.safetensors", device) if has_ema else None
     out["model"] = out["ema"] if (ema and has_ema) else out["raw"]
+    has_guide = (ckpt / "guide.safetensors").is_file()
+    out["guide"] = load_safetensors(ckpt / "guide.safetensors", device) if has_guide else None
     if optimizer:
         if not (ckpt / "optimizer.safetensors").is_file() or "optimizer" not in state:
             raise ValueError(f"{ckpt} has no optimizer state to resume from")

@@ -214,7 +214,10 @@ def scheduler_config_from(schedule: NoiseSchedule, prediction_type: str, samplin
 
 
 def export_diffusers(pipe, out: str | Path) -> Path:
-    """Write a :class:`Pipeline` as a diffusers folder that ``DDPMPipeline.from_pretrained`` loads."""
+    """Write a :class:`Pipeline` as a diffusers folder that ``DDPMPipeline.from_pretrained`` loads.
+
+    diffusers has no place for an autoguidance guide (:mod:`ddimkit.autoguidance`): the folder holds the model
+    alone, and samples as ``autoguidance_scale=1`` does."""
     from safetensors.torch import save_file
 
     from . import __version__

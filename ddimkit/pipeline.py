@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .autoguidance import autoguided, check_autoguidance
 from .interpolate import slerp
 from .batching import auto_batch_size
 from .compile_policy import check_compile
@@ -27,7 +28,7 @@ __all__ = ["Pipeline", "load", "build_model", "load_weights", "default_device", 
 
 SAMPLING_DEFAULTS = dict(clip_sample=None, thresholding=None, sample_max_value=1.0, spacing="leading",
                          steps_offset=0, set_alpha_to_one=True, variance="small", use_clipped_model_output=False,
-                         guidance_scale=1.0)
+                         guidance_scale=1.0, autoguidance_scale=1.0)
 
 
 def default_device() -> torch.device:
@@ -78,6 +79,7 @@ class Pipeline:
             to repay the compile (:mod:`ddimkit.compile_policy`; never on the CPU); ``True``/``False`` force
             it. One batch shape is compiled per batch size and a ragged last batch is padded to it
             (:mod:`ddimkit.compiled_net`), so nothing recompiles and seeds give the same images.
+        guide: the weaker network that autoguidance mixes with ``model`` (:mod:`ddimkit.autoguidance`), if any.
     """
 
     model: torch.nn.Module
@@ -87,11 +89,14 @@ class Pipeline:
     sampling: dict = field(default_factory=dict)
     precision: str = "fp32"
     compile: bool | str = "auto"
+    guide: torch.nn.Module | None = None
 
     def __post_init__(self):
         self.compile = check_compile(self.compile)
         self.sampling = {**SAMPLING_DEFAULTS, **(self.sampling or {})}
         self.model.eval()
+        if self.guide is not None:
+            self.guide.eval()
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
@@ -155,22 +160,40 @@ class Pipeline:
 
     def to(self, device) -> "Pipeline":
         self.model.to(device)
+        if self.guide is not None:
+            self.guide.to(device)
         return self
 
-    def _net(self, compiled: bool = True, batch_size: int | None = None, work: float = 0.0) -> Callable:
-        """``net(x, t)`` in the pipeline's precision: compiled for ``batch_size`` if the policy says so for
-        ``work`` (images × network evaluations), eager otherwise."""
-        model, device, precision = self.model, self.device, self.precision
-        if compiled and batch_size is not None and self.compile is not False:
-            if getattr(self, "_compiled", None) is None:
-                self._compiled = {}  # one compiled network per batch size
-            model = compiled_sampling_net(self.model, self.compile, batch_size, self.image_shape, work,
-                                          self._compiled) or model
+    def autoguidance(self, scale: float | None = None) -> float:
+        """The autoguidance scale a sampler uses: ``scale``, else the model's default where it has its guide
+        (a checkpoint written before its run kept the guide samples with the network alone)."""
+        if scale is None:
+            scale = self.sampling["autoguidance_scale"] if self.guide is not None else 1.0
+        check_autoguidance(scale, self.guide)
+        return scale
+
+    def _net(self, compiled: bool = True, batch_size: int | None = None, work: float = 0.0,
+             autoguidance: float = 1.0) -> Callable:
+        """``net(x, t)`` in the pipeline's precision, guided by :attr:`guide` at scale ``autoguidance``:
+        compiled for ``batch_size`` if the policy says so for ``work`` (images × network evaluations), eager
+        otherwise."""
+        device, precision = self.device, self.precision
+
+        def fast(network, cache: str):
+            if not (compiled and batch_size is not None and self.compile is not False):
+                return network
+            if getattr(self, cache, None) is None:
+                setattr(self, cache, {})  # one compiled network per batch size
+            return compiled_sampling_net(network, self.compile, batch_size, self.image_shape, work,
+                                         getattr(self, cache)) or network
+
+        model = autoguided(fast(self.model, "_compiled"),
+                           None if autoguidance == 1 else fast(self.guide, "_compiled_guide"), autoguidance)
 
         def net(x, t, *class_labels):
             with _autocast(device, precision):
                 out = model(x, t, *class_labels)
-            return getattr(out, "sample", out).float()
+            return out.float()
 
         return net
 
@@ -185,6 +208,7 @@ class Pipeline:
             opts["clip_sample"] = clip_sample
             if clip_sample is None:
                 opts["thresholding"] = None
+        opts.pop("autoguidance_scale")  # the pipeline mixes the networks (_net); the samplers see one
         return opts
 
     def _batch_size(self, batch_size: int | None, n: int) -> int:
@@ -208,7 +232,7 @@ class Pipeline:
                batch_size: int | None = None, x_T: torch.Tensor | None = None, callback: Callable | None = None,
                progress: bool = False, use_clipped_model_output: bool | None = None,
                distributed: bool = False, estimates: bool = True, class_labels=None,
-               guidance_scale: float | None = None) -> torch.Tensor:
+               guidance_scale: float | None = None, autoguidance_scale: float | None = None) -> torch.Tensor:
         """Generate ``n`` images in [-1, 1], shape (n, C, H, W), on the CPU.
 
         The starting noise is drawn from ``generator`` first (all n at once), then the per-step noise from
@@ -240,6 +264,8 @@ class Pipeline:
                 one per image; default: image i gets label i mod K, so every class appears.
             guidance_scale: classifier-free guidance's w (:mod:`ddimkit.guidance`; default: the model's,
                 1 = the conditional network alone).
+            autoguidance_scale: autoguidance's w (:mod:`ddimkit.autoguidance`; default: the model's where it
+                has a guide, 1 = the model alone).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -251,7 +277,8 @@ class Pipeline:
             return sample_sharded(self, seeds, batch_size, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                   clip_sample=clip_sample, callback=callback, progress=progress,
                                   use_clipped_model_output=use_clipped_model_output, estimates=estimates,
-                                  class_labels=class_labels, guidance_scale=guidance_scale)
+                                  class_labels=class_labels, guidance_scale=guidance_scale,
+                                  autoguidance_scale=autoguidance_scale)
         shape = self.image_shape
         device = self.device
         if seeds is not None:
@@ -275,11 +302,12 @@ class Pipeline:
         from .guidance import check_guidance
 
         check_guidance(labels, opts["guidance_scale"], self.null_label)  # before any progress is shown
+        autoguidance = self.autoguidance(autoguidance_scale)
         batch_size = self._batch_size(batch_size, n)
         out = []
         nsteps = steps if steps is not None else (self.schedule.num_train_timesteps if sampler == "ddpm" else 50)
-        net = self._net(batch_size=min(batch_size, n),
-                        work=n * (nsteps if isinstance(nsteps, int) else len(nsteps)))
+        net = self._net(batch_size=min(batch_size, n), work=n * (nsteps if isinstance(nsteps, int) else len(nsteps)),
+                        autoguidance=autoguidance)
         with _progress(progress, math.ceil(n / batch_size) * (nsteps if isinstance(nsteps, int) else len(nsteps)),
                        f"{sampler}") as bar:
             def cb(d):
@@ -324,12 +352,12 @@ class Pipeline:
 
     def reconstruct(self, x_T: torch.Tensor, steps: int | Sequence[int] = 50, spacing: str | None = None,
                     batch_size: int | None = None, progress: bool = False, class_labels=None) -> torch.Tensor:
-        """Decode noise with deterministic, unclipped, unguided DDIM on the same grid and with the same class
-        labels as :meth:`invert`."""
+        """Decode noise with deterministic, unclipped, unguided DDIM (no autoguidance either) on the same grid
+        and with the same class labels as :meth:`invert`."""
         return self.sample(x_T=x_T, sampler="ddim", steps=steps, eta=0.0, spacing=spacing or self.sampling["spacing"],
                            clip_sample=None, batch_size=batch_size, progress=progress, estimates=False,
                            class_labels=self.class_labels(class_labels, x_T.shape[0], default="null"),
-                           guidance_scale=1.0)
+                           guidance_scale=1.0, autoguidance_scale=1.0)
 
     def interpolate(self, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float], steps: int = 50,
                     spacing: str | None = None, batch_size: int | None = None, inverted: bool = False,
@@ -373,7 +401,7 @@ def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32
     :mod:`ddimkit.pretrained`), a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with
     ``model_index.json`` or ``unet/config.json``), or a hub id such as ``google/ddpm-cifar10-32``.
     ``ema`` picks the EMA weights when the checkpoint has them; ``precision`` and ``compile`` set the fast
-    path (see :class:`Pipeline`).
+    path (see :class:`Pipeline`). A checkpoint that holds an autoguidance guide loads it as :attr:`Pipeline.guide`.
     """
     from .checkpoint import read_checkpoint
 
@@ -390,7 +418,11 @@ def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32
             return pipe
     ck = read_checkpoint(p, ema=ema)
     cfg = ck["config"]
-    model = build_model(cfg["model"])
+    model, guide = build_model(cfg["model"]), None
     load_weights(model, ck["model"], ck["dir"])
+    if ck["guide"] is not None:
+        guide = build_model(cfg["model"])
+        load_weights(guide, ck["guide"], ck["dir"])
+        guide.to(device)
     return Pipeline(model.to(device), NoiseSchedule.from_config(cfg["schedule"]), cfg["prediction_type"], cfg,
-                    cfg.get("sampling", {}), precision, compile)
+                    cfg.get("sampling", {}), precision, compile, guide)

@@ -46,7 +46,8 @@ def card(name: str) -> dict:
 
 
 def package(run: str | Path, name: str, card_fields: dict, root: Path | None = None) -> Path:
-    """Write the EMA weights of ``run`` (a run or checkpoint folder) as the shipped model ``name``.
+    """Write the EMA weights of ``run`` (a run or checkpoint folder) as the shipped model ``name``, with its
+    autoguidance guide where it has one.
 
     The weights go to fp16: the networks here have no weight whose rounding matters at that precision
     (checked by ``tests/test_pretrained.py``, which samples both ways). ``card_fields`` (command, data,
@@ -62,6 +63,9 @@ def package(run: str | Path, name: str, card_fields: dict, root: Path | None = N
     weights = {k: v.to(torch.float16).contiguous() for k, v in ck["ema"].items()}
     # Stored under model.safetensors with no ema file: the folder is a checkpoint whose only weights are these.
     save_file(weights, str(out / "model.safetensors"), metadata={"format": FORMAT, "weights": "ema"})
+    if ck["guide"] is not None:  # autoguidance's guide ships with the model it guides
+        guide = {k: v.to(torch.float16).contiguous() for k, v in ck["guide"].items()}
+        save_file(guide, str(out / "guide.safetensors"), metadata={"format": FORMAT, "weights": "guide"})
     write_json(out / "state.json", {"format": FORMAT, "step": ck["step"], "config": ck["config"]})
     params = sum(v.numel() for v in weights.values())
     write_json(out / "card.json", {"name": name, "step": ck["step"], "params": params, **card_fields})

@@ -78,7 +78,8 @@ def _run_config(cfg, images: torch.Tensor, size: int, schedule: NoiseSchedule,
         # network's ε̂, a clipped x̂0 and an unclipped ε̂ disagree, which leaves speckled backgrounds on models
         # that are still weak at high noise.
         "sampling": {**SAMPLING_DEFAULTS, "clip_sample": cfg.clip_sample, "use_clipped_model_output": True,
-                     "guidance_scale": cfg.guidance_scale},
+                     "guidance_scale": cfg.guidance_scale,
+                     "autoguidance_scale": 1.0 if cfg.autoguidance_at is None else cfg.autoguidance_scale},
         "data": {"spec": cfg.data, "num_images": int(images.shape[0]), "channels": int(images.shape[1]),
                  "image_size": size, "flip": cfg.flip},
         "train": asdict(cfg),

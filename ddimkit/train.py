@@ -98,6 +98,14 @@ def replan_now(done: int, planned: float) -> bool:
     return done in (10, 100, 1000) or (done > 1000 and done % 1000 == 0 and done < planned / 2)
 
 
+def guide_due(step: int, cfg: TrainConfig) -> bool:
+    """Whether the EMA weights after ``step`` steps become autoguidance's guide: at the first step past
+    ``autoguidance_at`` of the run's length, once that length is known (a run of automatic length plans it
+    at step 10; a later plan does not move a guide already kept)."""
+    return (cfg.autoguidance_at is not None and isinstance(cfg.steps, int)
+            and step >= max(1, round(cfg.autoguidance_at * cfg.steps)))
+
+
 def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSchedule,
                probs: torch.Tensor | None, labels: torch.Tensor | None = None) -> tuple:
     """Step k's whole batch (x0, noise, perturbed noise or None, t, class labels or None, self-conditioning),
@@ -182,7 +190,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
                                   **({"fused": True} if cuda else {}))
     ema = EMA(model)
-    start = 0
+    start, guide, guide_step = 0, None, None  # autoguidance's guide: the EMA weights at guide_step
     if resume:
         if not (out / "latest").is_file():
             raise FileNotFoundError(f"nothing to resume in {out} (no checkpoint yet)")
@@ -191,7 +199,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
         model.load_state_dict(ck["raw"])
         ema.load(model, ck["ema"])
         optimizer.load_state_dict(ck["optimizer"])
-        start = ck["step"]
+        start, guide, guide_step = ck["step"], ck["guide"], ck["state"].get("guide_step")
         stored_steps = ck["config"]["train"].get("steps")
         if cfg.steps == "auto" and isinstance(stored_steps, int):
             cfg = replace(cfg, steps=stored_steps)  # the length chosen when the run started
@@ -224,7 +232,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             raw = accelerator.unwrap_model(net)
             raw = getattr(raw, "_orig_mod", raw)
             save_checkpoint(out, step, raw.state_dict(), run_cfg, ema=ema.state_dict(raw), optimizer=optimizer,
-                            keep=cfg.keep)
+                            keep=cfg.keep, guide=guide, extra=None if guide is None else {"guide_step": guide_step})
             _write_loss_log(out, losses)
             if losses:
                 plot_loss(*zip(*losses), out / "loss.png", title=f"{cfg.model} on {cfg.data}")
@@ -251,10 +259,12 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             return
         raw = accelerator.unwrap_model(net)
         raw = getattr(raw, "_orig_mod", raw)
-        ema_net = build_model(run_cfg["model"]).to(device)
+        ema_net, guide_net = (build_model(run_cfg["model"]).to(device) for _ in range(2))
         ema_net.load_state_dict(ema.state_dict(raw))
+        if guide is not None:
+            guide_net.load_state_dict(guide)
         pipe = Pipeline(ema_net, schedule, prediction_type, run_cfg, run_cfg["sampling"],
-                        "bf16" if cuda else "fp32")
+                        "bf16" if cuda else "fp32", guide=None if guide is None else guide_net)
         x = pipe.sample(cfg.num_sample_images, "ddim", steps=50, generator=torch.Generator().manual_seed(cfg.seed))
         save_grid(x, out / "samples" / f"step-{step:08d}.png")
 
@@ -283,6 +293,8 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
                 accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             optimizer.step()
             ema.update(accelerator.unwrap_model(net), ema_decay_at(k, cfg))
+            if guide is None and guide_due(step, cfg):
+                guide, guide_step = {n: v.clone() for n, v in ema.state_dict(model).items()}, step
             done_images += cfg.batch_size
             if bar is not None:
                 bar.update(1)

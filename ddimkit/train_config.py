@@ -51,6 +51,10 @@ class TrainConfig:
             to predict without a class (classifier-free guidance needs it; 0 turns it off).
         guidance_scale: the classifier-free guidance scale stored with the model as its sampling default
             (1: the conditional network alone; see :mod:`ddimkit.guidance`).
+        autoguidance_at: keep the EMA weights of this fraction of the run as autoguidance's guide
+            (:mod:`ddimkit.autoguidance`), saved with every later checkpoint; None keeps none.
+        autoguidance_scale: the autoguidance scale stored with the model as its sampling default, where it
+            keeps a guide (1: the model alone).
         schedule, num_train_timesteps, beta_start, beta_end: the noise schedule.
         image_size, channels: fit the data to this size / channel count (default: from the data).
         flip: random horizontal flips.
@@ -87,6 +91,8 @@ class TrainConfig:
     class_conditional: bool = False
     label_dropout: float = 0.1
     guidance_scale: float = 1.0
+    autoguidance_at: float | None = 0.25
+    autoguidance_scale: float = 2.0
     schedule: str = "linear"
     num_train_timesteps: int = 1000
     beta_start: float | None = None
@@ -122,6 +128,10 @@ class TrainConfig:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.guidance_scale != 1 and not (self.class_conditional and self.label_dropout > 0):
             raise ValueError("guidance_scale other than 1 needs class_conditional with label_dropout > 0")
+        if self.autoguidance_at is not None and not 0 < self.autoguidance_at < 1:
+            raise ValueError(f"autoguidance_at must lie in (0, 1) or be None, got {self.autoguidance_at}")
+        if not self.autoguidance_scale >= 0:
+            raise ValueError(f"autoguidance_scale must be >= 0, got {self.autoguidance_scale}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         for name in ("steps", "batch_size"):

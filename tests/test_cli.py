@@ -241,3 +241,25 @@ def test_demo_trains_for_its_minutes_scores_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--minutes", "0.01", "--num", "2", "--num-ddpm", "1"]) == 0
     capsys.readouterr()
     _error(capsys, ["train", "--out", str(tmp_path / "x"), "--steps", "auto"], "--steps auto needs --minutes")
+
+
+def test_autoguidance_flags(run, tmp_path, capsys):
+    """The default run keeps a guide and samples with it; --autoguidance-scale 1 samples the model alone, and a
+    run trained with --autoguidance-at off refuses any other scale in one line."""
+    def draw(ckpt, name, *extra):
+        assert main(["sample", "--ckpt", str(ckpt), "--steps", "3", "--num", "2", "--seed", "1", "--out",
+                     str(tmp_path / name), *extra]) == 0
+        return np.load(tmp_path / name)["images"]
+
+    assert dk.load(run).guide is not None
+    assert not np.array_equal(draw(run, "a.npz"), draw(run, "b.npz", "--autoguidance-scale", "1"))
+    off = tmp_path / "off"
+    assert main(["train", "--model", "tiny", "--out", str(off), "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--autoguidance-at", "off"]) == 0
+    assert dk.load(off).guide is None
+    capsys.readouterr()  # the progress bars so far
+    _error(capsys, ["sample", "--ckpt", str(off), "--num", "2", "--autoguidance-scale", "2", "--out",
+                    str(tmp_path / "c.png")], "needs a guiding network")
+    with pytest.raises(SystemExit) as e:  # argparse's own one-line usage error
+        main(["train", "--out", str(tmp_path / "x"), "--autoguidance-at", "1.5"])
+    assert e.value.code == 2 and "must be a fraction in (0, 1) or 'off'" in capsys.readouterr().err

@@ -48,7 +48,9 @@ def test_compiled_network_is_used_and_agrees(run, monkeypatch):
     p = dk.load(run, device="cpu", compile=True)
     fast = p.sample(2, steps=4, eta=0.5, generator=g())
     p.sample(2, steps=4, generator=g())  # compiled once per pipeline
-    assert len(calls) == 1 and calls[0] is p.model
+    assert p.guide is not None and calls == [p.model, p.guide]  # the default recipe keeps a guide: both compile
+    p.sample(2, steps=4, generator=g(), autoguidance_scale=1.0)  # unguided: the model alone, compiled already
+    assert len(calls) == 2
     assert (plain - fast).abs().max() <= 1e-5
 
 

@@ -147,7 +147,8 @@ def test_static_batch_net_pads_labels():
 def cond_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cond") / "run"
     cfg = TrainConfig(out=str(out), steps=4, batch_size=8, warmup=1, save_every=2, sample_every=0,
-                      num_sample_images=0, class_conditional=True, guidance_scale=2.0)
+                      num_sample_images=0, class_conditional=True, guidance_scale=2.0,
+                      autoguidance_at=None)  # classifier-free guidance alone (autoguidance: test_autoguidance.py)
     dk.train(cfg, progress=False)
     return cfg
 

@@ -60,6 +60,7 @@ def test_package_stores_the_ema_weights_in_fp16_and_they_sample_like_fp32(tmp_pa
     assert all(stored[k].dtype == torch.float16 and torch.equal(stored[k], v.half()) for k, v in ema.items())
     full, half = dk.load(run, device="cpu"), dk.load(folder, device="cpu")
     assert next(half.model.parameters()).dtype == torch.float32  # fp16 on disk, fp32 to compute
+    assert half.guide is not None and next(half.guide.parameters()).dtype == torch.float32  # the guide ships too
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     a, b = (p.sample(4, steps=10, generator=g()) for p in (full, half))
     assert (a - b).abs().max() < 0.02  # fp16 rounding of the weights moves pixels by far less than a grey level

@@ -25,7 +25,8 @@ from .common import positive_float, positive_int, writable_dir
 # the digits' recipe (`tiny`, min-SNR-0.25), which beats the defaults (made for 10 minutes on Fashion-MNIST's
 # textures) at this budget on digits (docs/training.md).
 DEMO = dict(data="mnist-5k", model="tiny", min_snr_gamma=0.25, minutes=3.0, steps="auto", save_every=250,
-            sample_every=0, log_every=10, num_sample_images=0, seed=0, class_conditional=True, guidance_scale=3.0)
+            sample_every=0, log_every=10, num_sample_images=0, seed=0, class_conditional=True, guidance_scale=3.0,
+            autoguidance_at=None)
 # (sampler, steps, guidance scale or None for the model's): the demo's cells, guided DDIM-50 first.
 SCRATCH_CELLS = (("ddim", 50, None), ("ddpm", 1000, None), ("ddim", 50, 1.0))
 # With a budget for the whole demo, the sampling after training is estimated from a timed forward pass: its

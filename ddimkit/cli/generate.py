@@ -40,6 +40,9 @@ def register(sub):
     p.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="W",
                    help="classifier-free guidance: 1 = the conditional model alone, 0 = the unconditional one, "
                         "> 1 = further from it (default: the model's, 1)")
+    p.add_argument("--autoguidance-scale", type=non_negative_float, default=None, metavar="W",
+                   help="autoguidance by the model's guide: 1 = the model alone, > 1 = further from the guide "
+                        "(default: the model's where it has a guide)")
     p.add_argument("--trajectory", default=None, help="also write x_t and x̂0 along the way to this .png")
     p.add_argument("--trajectory-points", type=positive_int, default=10, help="steps shown in --trajectory")
     p.set_defaults(func=cmd_sample)
@@ -92,7 +95,8 @@ def cmd_sample(args):
 
     kw = dict(sampler=args.sampler, steps=steps, eta=args.eta, spacing=args.spacing, clip_sample=clip,
               batch_size=args.batch_size, callback=callback, progress=True, use_clipped_model_output=args.clipped_eps,
-              class_labels=args.class_labels, guidance_scale=args.guidance_scale)
+              class_labels=args.class_labels, guidance_scale=args.guidance_scale,
+              autoguidance_scale=args.autoguidance_scale)
     if args.sampler == "ddpm":
         pipe.sampling["variance"] = args.variance
     from .. import distributed

@@ -53,6 +53,11 @@ def register(sub):
                    help="share of labels replaced by the null label, for guidance (default: %(default)s)")
     p.add_argument("--guidance-scale", type=float, default=d.guidance_scale, metavar="W",
                    help="classifier-free guidance scale stored as the model's sampling default (default: %(default)s)")
+    p.add_argument("--autoguidance-at", type=fraction_or_off, default=d.autoguidance_at, metavar="F",
+                   help="keep the EMA weights at this fraction of the run as autoguidance's guide, or 'off' "
+                        "(default: %(default)s)")
+    p.add_argument("--autoguidance-scale", type=float, default=d.autoguidance_scale, metavar="W",
+                   help="autoguidance scale stored as the model's sampling default (default: %(default)s)")
     p.add_argument("--schedule", choices=("linear", "scaled-linear", "cosine", "sigmoid"), default=d.schedule)
     p.add_argument("--timesteps", type=positive_int, default=d.num_train_timesteps, help="training timesteps T")
     p.add_argument("--beta-start", type=positive_float, default=None)
@@ -91,6 +96,15 @@ def register(sub):
 
 def gamma_arg(text: str) -> float | None:
     return None if text == "off" else positive_float(text)
+
+
+def fraction_or_off(text: str) -> float | None:
+    if text == "off":
+        return None
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1) or 'off', got {text}")
+    return value
 
 
 def steps_arg(text: str) -> int | str:
