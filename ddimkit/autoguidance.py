@@ -21,11 +21,9 @@ from typing import Callable
 
 import torch
 
+from .guidance import _output
+
 __all__ = ["autoguided", "check_autoguidance"]
-
-
-def _output(out):
-    return getattr(out, "sample", out)
 
 
 def check_autoguidance(scale: float, guide) -> None:

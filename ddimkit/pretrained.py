@@ -60,12 +60,14 @@ def package(run: str | Path, name: str, card_fields: dict, root: Path | None = N
         raise ValueError(f"{run} has no EMA weights to ship")
     out = (root or ROOT) / name
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.to(torch.float16).contiguous() for k, v in ck["ema"].items()}
+    def half(state: dict) -> dict:
+        return {k: v.to(torch.float16).contiguous() for k, v in state.items()}
+
+    weights = half(ck["ema"])
     # Stored under model.safetensors with no ema file: the folder is a checkpoint whose only weights are these.
     save_file(weights, str(out / "model.safetensors"), metadata={"format": FORMAT, "weights": "ema"})
     if ck["guide"] is not None:  # autoguidance's guide ships with the model it guides
-        guide = {k: v.to(torch.float16).contiguous() for k, v in ck["guide"].items()}
-        save_file(guide, str(out / "guide.safetensors"), metadata={"format": FORMAT, "weights": "guide"})
+        save_file(half(ck["guide"]), str(out / "guide.safetensors"), metadata={"format": FORMAT, "weights": "guide"})
     write_json(out / "state.json", {"format": FORMAT, "step": ck["step"], "config": ck["config"]})
     params = sum(v.numel() for v in weights.values())
     write_json(out / "card.json", {"name": name, "step": ck["step"], "params": params, **card_fields})

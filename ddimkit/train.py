@@ -259,12 +259,13 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             return
         raw = accelerator.unwrap_model(net)
         raw = getattr(raw, "_orig_mod", raw)
-        ema_net, guide_net = (build_model(run_cfg["model"]).to(device) for _ in range(2))
+        ema_net, guide_net = build_model(run_cfg["model"]).to(device), None
         ema_net.load_state_dict(ema.state_dict(raw))
         if guide is not None:
+            guide_net = build_model(run_cfg["model"]).to(device)
             guide_net.load_state_dict(guide)
         pipe = Pipeline(ema_net, schedule, prediction_type, run_cfg, run_cfg["sampling"],
-                        "bf16" if cuda else "fp32", guide=None if guide is None else guide_net)
+                        "bf16" if cuda else "fp32", guide=guide_net)
         x = pipe.sample(cfg.num_sample_images, "ddim", steps=50, generator=torch.Generator().manual_seed(cfg.seed))
         save_grid(x, out / "samples" / f"step-{step:08d}.png")
 
