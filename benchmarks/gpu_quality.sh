@@ -13,6 +13,7 @@
 #   STAGE=all   bash benchmarks/gpu_quality.sh   both in one process (short MINUTES, data and Inception in /tmp)
 #   CPU check:  QUICK=1 OUT=/tmp/q STAGE=train bash benchmarks/gpu_quality.sh; then STAGE=score
 #   SET=batch_size=128,min_snr_gamma=0.25 ...   options over the default recipe (session 2 ran with γ = 0.25)
+# The score stage also scores the network without its autoguidance guide (--unguided), from the same noise.
 set -u
 : "${OUT:?set OUT to the folder for results}"
 cd "$(dirname "$0")/.."
@@ -28,11 +29,11 @@ mkdir -p "$OUT"
 [ -f .carry/fashion_mnist.npz ] && cp .carry/fashion_mnist.npz "$DATA"
 [ -f .carry/inception16.pt ] && cp .carry/inception16.pt "$INC"
 if [ "${QUICK:-0}" = 1 ]; then
-  ARGS=(--quick --preset tiny --classifier mnist)
+  ARGS=(--quick --preset tiny --classifier mnist --unguided)
 else
   ARGS=(--data "npz:$DATA:x_train" --ref "npz:$DATA:x_test" --classifier fashion-mnist --preset ddpm-cifar10
         --image-size 32 --minutes "$MINUTES" --num 10000 --num-kid 2000 --num-fid 10000 --batch-size 1000
-        --save-every 1000 --set "${SET:-batch_size=128}")
+        --save-every 1000 --unguided --set "${SET:-batch_size=128}")
 fi
 [ "$STAGE" != train ] && [ -f "$INC" ] && ARGS+=(--inception-fp16 "$INC")
 timeout --kill-after=10 $(( ${LIMIT:-540} )) "$PY" benchmarks/time_to_quality.py "${ARGS[@]}" --skip diffusers \

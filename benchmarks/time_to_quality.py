@@ -127,10 +127,11 @@ def train_diffusers(args, images: torch.Tensor, device: torch.device) -> tuple[d
                       params=sum(p.numel() for p in unet.parameters()))
 
 
-def draw(pipe: dk.Pipeline, n: int, batch_size: int, seed: int) -> torch.Tensor:
-    """n uint8 samples, DDIM-50 η = 0, from the starting noise of ``seed`` (the same for every model)."""
+def draw(pipe: dk.Pipeline, n: int, batch_size: int, seed: int, **kw) -> torch.Tensor:
+    """n uint8 samples, DDIM-50 η = 0, from the starting noise of ``seed`` (the same for every model);
+    ``kw`` goes to :meth:`Pipeline.sample` (e.g. ``autoguidance_scale=1.0``, the network alone)."""
     x_T = torch.randn((n, *pipe.image_shape), generator=torch.Generator().manual_seed(seed))
-    out = [pipe.sample(x_T=x_T[i:i + batch_size].to(pipe.device), sampler="ddim", steps=50, eta=0.0)
+    out = [pipe.sample(x_T=x_T[i:i + batch_size].to(pipe.device), sampler="ddim", steps=50, eta=0.0, **kw)
            for i in range(0, n, batch_size)]
     return to_uint8(torch.cat(out).cpu())
 
@@ -182,6 +183,8 @@ def parse_args():
     ap.add_argument("--inception-fp16", default=None,
                     help="Inception TorchScript with fp16-rounded weights (unverified; for comparisons only)")
     ap.add_argument("--set", default="", help="key=value,... over ddimkit's default recipe (e.g. batch_size=128)")
+    ap.add_argument("--unguided", action="store_true",
+                    help="also score ddimkit's network alone (no autoguidance), from the same noise")
     ap.add_argument("--skip", choices=("ddimkit", "diffusers"), action="append", default=[])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/time-to-quality")
@@ -264,6 +267,12 @@ def main():
         info["sample_seconds"] = time.perf_counter() - t0
         info.update(scores(samples, ref, args, inception, device, ref_features))
         res["recipes"][name] = info
+        if name == "ddimkit" and args.unguided and pipe.guide is not None:
+            t0 = time.perf_counter()
+            samples = draw(pipe, args.num, args.batch_size, args.seed, autoguidance_scale=1.0)
+            alone = dict(info, sample_seconds=time.perf_counter() - t0)
+            alone.update(scores(samples, ref, args, inception, device, ref_features))
+            res["recipes"]["ddimkit, network alone (no autoguidance)"] = alone
         (out / "time_to_quality.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         print(name, {k: v for k, v in info.items() if k != "config"}, flush=True)
     (out / "time_to_quality.md").write_text(markdown(res))

@@ -279,7 +279,8 @@ def test_trained_pipeline_samples_with_the_ema_weights(tmp_path):
 
 def test_time_to_quality_scores_in_a_second_process_what_the_first_trained(tmp_path, monkeypatch, capsys):
     """benchmarks/time_to_quality.py --stage train/score (two device calls): the score stage samples the run the
-    train stage left, with its figures; without that run, or with diffusers' recipe, it says what is missing."""
+    train stage left, with its figures (and with ``--unguided`` its network without the guide); without that
+    run, or with diffusers' recipe, it says what is missing."""
     import sys
     from pathlib import Path
 
@@ -295,10 +296,14 @@ def test_time_to_quality_scores_in_a_second_process_what_the_first_trained(tmp_p
         ttq.main()
     assert "add --skip diffusers" in capsys.readouterr().err
     for stage in ("train", "score"):
-        monkeypatch.setattr(sys, "argv", base + [str(tmp_path / "run"), "--stage", stage])
+        monkeypatch.setattr(sys, "argv", base + [str(tmp_path / "run"), "--stage", stage, "--unguided"])
         ttq.main()
         assert (tmp_path / "run" / "time_to_quality.json").is_file() == (stage == "score")
     info = json.loads((tmp_path / "run" / "ddimkit" / ttq.TRAIN_INFO).read_text())
     scored = json.loads((tmp_path / "run" / "time_to_quality.json").read_text())["recipes"]["ddimkit"]
     assert info["steps"] >= 1 and scored["steps"] == info["steps"] and scored["params"] == info["params"]
     assert 0.0 <= scored["recognised"] <= 1.0 and scored["n_classifier"] >= 12
+    # --unguided: the default recipe keeps a guide, and the network alone is scored from the same noise beside it
+    alone = json.loads((tmp_path / "run" / "time_to_quality.json").read_text())["recipes"][
+        "ddimkit, network alone (no autoguidance)"]
+    assert alone["steps"] == info["steps"] and alone["classifier_fd"] != scored["classifier_fd"]
