@@ -13,7 +13,8 @@ from .samplers import invert_ddim, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule, timesteps
 from .models import PRESETS, create_model
-from .pipeline import Pipeline, load
+from .loading import load
+from .pipeline import Pipeline
 from . import distributed
 from .train import TrainConfig, TrainResult, train
 from .data import load_images

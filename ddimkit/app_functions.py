@@ -137,12 +137,13 @@ def _sample(pipe, sampler, steps, eta, spacing, seed, count, progress=None, done
     """``pipe.sample`` from ``seed`` (as ``ddimkit sample --seed``), timed and counted."""
     label = {v: k for k, v in SAMPLERS.items()}[sampler] + (f" η={eta:g}" if sampler == "ddim" else "")
     counter = _Steps(progress, total or steps, f"{label}, {steps} steps", done, record)
+    per_step = pipe.evaluations_per_step()  # a guided model evaluates two networks (or four) per step
     t0 = time.perf_counter()
     images = pipe.sample(count, sampler=sampler, steps=steps, eta=eta, spacing=spacing, generator=_gen(seed),
                          callback=counter)
     info = {"sampler": sampler, "label": label, "steps": steps, "eta": eta, "spacing": spacing or "model default",
             "seed": int(seed), "count": count, "seconds": time.perf_counter() - t0,
-            "nfe": counter.calls // max(1, counter.batches), "forward_passes": counter.calls,
+            "nfe": counter.calls // max(1, counter.batches) * per_step, "forward_passes": counter.calls * per_step,
             "x_T": torch.cat(counter.starts)}
     return images, info
 
@@ -152,8 +153,8 @@ def sample_images(pipe, sampler: str = "ddim", steps=20, eta=0.0, spacing=None, 
     """Sample ``count`` images from ``seed``: the same images as ``ddimkit sample --seed SEED --num COUNT``.
 
     Returns the grid and ``{sampler, label, steps, eta, spacing, seed, count, seconds, nfe, forward_passes,
-    x_T}``: ``nfe`` is the network evaluations per image (= steps for all three samplers), ``forward_passes``
-    the batched calls made.
+    x_T}``: ``nfe`` is the network evaluations per image (steps × :meth:`Pipeline.evaluations_per_step`, for
+    all three samplers), ``forward_passes`` the batched network calls made.
     """
     sampler = _sampler(sampler)
     steps, eta, spacing = check_steps(pipe, steps), _eta(sampler, eta), _spacing(spacing)

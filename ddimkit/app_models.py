@@ -33,9 +33,9 @@ def defaults(pipe, budget_s: float = 3.0) -> Defaults:
     if pipe.device.type == "cuda":
         return Defaults(count=64, steps=min(50, T), compare_count=16, invert_steps=min(50, T))
     steps = min(20, T)
-    cost = _forward_cost(pipe)
-    count = next((n for n in (16, 9, 4) if steps * cost(n) <= budget_s), 1)
-    evaluations = T + sum(COMPARE_DDIM_STEPS)
+    cost, k = _forward_cost(pipe), pipe.evaluations_per_step()  # a guided model's steps cost k forward passes
+    count = next((n for n in (16, 9, 4) if steps * k * cost(n) <= budget_s), 1)
+    evaluations = (T + sum(COMPARE_DDIM_STEPS)) * k
     compare = next((n for n in (4, 2) if evaluations * cost(n) <= 2 * budget_s), 1)
     return Defaults(count=count, steps=steps, compare_count=compare, invert_steps=steps)
 
@@ -71,7 +71,7 @@ class Models:
     """
 
     def __init__(self, device=None, precision: str | None = None, compile="auto", ema: bool = True, keep: int = 3):
-        from .pipeline import default_device
+        from .loading import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
         self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
@@ -109,7 +109,7 @@ class Models:
             self._pipes.popitem(last=False)
 
     def _load(self, name: str):
-        from .pipeline import load
+        from .loading import load
 
         try:
             return load(name, ema=self.ema, device=self.device, precision=self.precision, compile=self.compile)

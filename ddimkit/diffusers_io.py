@@ -150,7 +150,8 @@ def schedule_from_scheduler_config(cfg: dict) -> tuple[NoiseSchedule, str, dict]
 def load_diffusers(path_or_id: str, device=None, precision: str = "fp32"):
     """Load a diffusers unconditional pipeline folder or hub id as a ddimkit :class:`Pipeline`."""
     from .models import UNet, convert_diffusers_state_dict, unet_kwargs_from_diffusers
-    from .pipeline import Pipeline, default_device, load_weights
+    from .loading import default_device, load_weights
+    from .pipeline import Pipeline
 
     folder = resolve_folder(path_or_id)
     index_path = folder / "model_index.json"

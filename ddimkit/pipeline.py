@@ -1,8 +1,8 @@
-"""A trained model with everything needed to use it: :class:`Pipeline` and :func:`load`.
+"""A trained model with everything needed to use it: :class:`Pipeline`.
 
-``dk.load(path)`` reads a native checkpoint (a run folder or a checkpoint folder) or a diffusers pipeline
-folder / hub id, and returns a :class:`Pipeline`: the network, its noise schedule, its prediction type and
-its sampling defaults, with ``sample``, ``invert``, ``reconstruct`` and ``interpolate``.
+A :class:`Pipeline` holds the network, its noise schedule, its prediction type and its sampling defaults, with
+``sample``, ``invert``, ``reconstruct`` and ``interpolate``. :func:`ddimkit.loading.load` (``dk.load``) builds
+one from a checkpoint, a diffusers folder or a hub id.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -24,37 +23,11 @@ from .noise import generators_from_seeds, randn
 from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule
 
-__all__ = ["Pipeline", "load", "build_model", "load_weights", "default_device", "SAMPLING_DEFAULTS"]
+__all__ = ["Pipeline", "SAMPLING_DEFAULTS"]
 
 SAMPLING_DEFAULTS = dict(clip_sample=None, thresholding=None, sample_max_value=1.0, spacing="leading",
                          steps_offset=0, set_alpha_to_one=True, variance="small", use_clipped_model_output=False,
                          guidance_scale=1.0, autoguidance_scale=1.0)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build_model(model_cfg: dict) -> torch.nn.Module:
-    """Instantiate a network from its stored description ``{"class": ..., "config": {...}}``."""
-    from .models import model_from_config
-
-    try:
-        return model_from_config(model_cfg.get("class"), model_cfg["config"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"the checkpoint's model description is invalid: {e}") from None
-
-
-def load_weights(model: torch.nn.Module, state: dict, where) -> None:
-    """Load a state dict strictly, turning a mismatch into one clear ValueError."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise ValueError(f"{where}: weights do not fit the model: {first.strip()}") from None
-    if missing or unexpected:
-        raise ValueError(f"{where}: weights do not fit the model ({len(missing)} missing, {len(unexpected)} "
-                         f"unexpected, e.g. {(missing or unexpected)[0]})")
 
 
 def _autocast(device: torch.device, precision: str):
@@ -171,6 +144,14 @@ class Pipeline:
             scale = self.sampling["autoguidance_scale"] if self.guide is not None else 1.0
         check_autoguidance(scale, self.guide)
         return scale
+
+    def evaluations_per_step(self, guidance_scale: float | None = None,
+                             autoguidance_scale: float | None = None) -> int:
+        """Network evaluations per image and sampling step at these scales (default: the model's): two with
+        classifier-free guidance (w ∉ {0, 1}: conditional and null), and each of those twice with autoguidance
+        (w ∉ {0, 1}: model and guide)."""
+        cfg = self.sampling["guidance_scale"] if guidance_scale is None else guidance_scale
+        return (1 if cfg in (0, 1) else 2) * (1 if self.autoguidance(autoguidance_scale) in (0, 1) else 2)
 
     def _net(self, compiled: bool = True, batch_size: int | None = None, work: float = 0.0,
              autoguidance: float = 1.0) -> Callable:
@@ -391,38 +372,3 @@ def _progress(enabled: bool, total: int, desc: str):
 
     with tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True) as bar:
         yield bar
-
-
-def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32",
-         compile: bool | str = "auto") -> Pipeline:
-    """Load a model as a :class:`Pipeline`.
-
-    ``path`` is a shipped model's name (``"pretrained:mnist"``, ``"pretrained:fashion-mnist"``; see
-    :mod:`ddimkit.pretrained`), a ddimkit run folder or checkpoint folder, a diffusers pipeline folder (with
-    ``model_index.json`` or ``unet/config.json``), or a hub id such as ``google/ddpm-cifar10-32``.
-    ``ema`` picks the EMA weights when the checkpoint has them; ``precision`` and ``compile`` set the fast
-    path (see :class:`Pipeline`). A checkpoint that holds an autoguidance guide loads it as :attr:`Pipeline.guide`.
-    """
-    from .checkpoint import read_checkpoint
-
-    from . import pretrained
-
-    device = torch.device(device) if device is not None else default_device()
-    p = pretrained.resolve(path) if pretrained.is_pretrained(path) else Path(path)
-    if (p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file() or not p.exists():
-        from .diffusers_io import is_hub_id, load_diffusers
-
-        if p.exists() or is_hub_id(str(path)):
-            pipe = load_diffusers(str(path), device=device, precision=precision)
-            pipe.compile = compile
-            return pipe
-    ck = read_checkpoint(p, ema=ema)
-    cfg = ck["config"]
-    model, guide = build_model(cfg["model"]), None
-    load_weights(model, ck["model"], ck["dir"])
-    if ck["guide"] is not None:
-        guide = build_model(cfg["model"])
-        load_weights(guide, ck["guide"], ck["dir"])
-        guide.to(device)
-    return Pipeline(model.to(device), NoiseSchedule.from_config(cfg["schedule"]), cfg["prediction_type"], cfg,
-                    cfg.get("sampling", {}), precision, compile, guide)

@@ -156,7 +156,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast as accelerate_broadcast
 
-    from .pipeline import build_model
+    from .loading import build_model
     from .viz import plot_loss, save_grid
 
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
@@ -334,7 +334,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     elapsed = time.perf_counter() - t0
     result = TrainResult(out, step, losses, done_images / elapsed if elapsed > 0 else 0.0)
     if main:
-        from .pipeline import load
+        from .loading import load
 
         result.pipeline = load(out, device=device)
     return result

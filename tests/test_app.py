@@ -30,7 +30,8 @@ T = 100  # the tiny model's schedule: a DDPM with all T steps stays quick
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("app") / "run"
     dk.train(dk.TrainConfig(model="tiny", data="mnist-5k", out=str(out), steps=2, batch_size=8, sample_every=0,
-                            num_sample_images=0, save_every=0, num_train_timesteps=T), progress=False)
+                            num_sample_images=0, save_every=0, num_train_timesteps=T,
+                            autoguidance_at=None), progress=False)  # one network per step; a guided one below
     return out
 
 
@@ -55,6 +56,16 @@ def test_sample_is_the_cli_seed_and_counts_evaluations(pipe, sampler, eta):
     assert grid.dtype == np.uint8 and grid.ndim == 2 and min(grid.shape) >= 256  # gray, enlarged
     assert (info["nfe"], info["forward_passes"], info["count"], info["seed"]) == (6, 6, 3, 3)
     assert info["seconds"] > 0
+
+
+def test_a_guided_model_counts_both_networks(pipe):
+    """With autoguidance each step evaluates model and guide: the page reports 2 × steps per image."""
+    import copy
+    from dataclasses import replace
+
+    guided = replace(pipe, guide=copy.deepcopy(pipe.model), sampling={**pipe.sampling, "autoguidance_scale": 2.0})
+    _, info = af.sample_images(guided, "ddim", 5, 0.0, None, seed=0, count=2)
+    assert (info["nfe"], info["forward_passes"]) == (10, 10)
 
 
 def test_compare_starts_every_sampler_from_the_same_noise(pipe):

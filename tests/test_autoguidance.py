@@ -104,3 +104,19 @@ def test_off_keeps_no_guide(tmp_path):
     assert res.pipeline.guide is None and res.pipeline.sampling["autoguidance_scale"] == 1.0
     with pytest.raises(ValueError, match="needs a guiding network"):
         res.pipeline.sample(2, steps=3, autoguidance_scale=2.0)
+
+
+def test_evaluations_per_step_counts_the_networks_sampling_runs(tmp_path):
+    """Classifier-free guidance calls the network for the class and the null label, and autoguidance calls
+    model and guide for each: Pipeline.evaluations_per_step (the app's nfe) against the calls counted."""
+    dk.train(_cfg(tmp_path / "run", steps=4, class_conditional=True, guidance_scale=2.0), progress=False)
+    pipe = dk.load(tmp_path / "run", compile=False)
+    calls = []
+    for net in (pipe.model, pipe.guide):
+        net.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    for cfg_w, ag_w, expected in ((None, None, 4), (1.0, None, 2), (None, 1.0, 2), (1.0, 1.0, 1), (0.0, 0.0, 1)):
+        calls.clear()
+        pipe.sample(2, steps=3, generator=torch.Generator().manual_seed(0), guidance_scale=cfg_w,
+                    autoguidance_scale=ag_w)
+        assert pipe.evaluations_per_step(cfg_w, ag_w) == expected
+        assert len(calls) == 3 * expected and set(calls) == {2}

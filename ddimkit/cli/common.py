@@ -146,7 +146,7 @@ def add_compile_args(p: argparse.ArgumentParser):
 
 
 def load_pipeline(args):
-    from ..pipeline import load
+    from ..loading import load
 
     device = device_arg(args.device)
     cuda = device.type == "cuda"

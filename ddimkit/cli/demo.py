@@ -117,7 +117,7 @@ def _score(report: dict, key: str, x: torch.Tensor, digits, seconds: float) -> s
 
 
 def _from_scratch(args, out: Path, report: dict, digits):
-    from ..pipeline import load
+    from ..loading import load
     from ..train import TrainConfig
     from ..viz import save_grid
 
@@ -201,7 +201,7 @@ def _pretrained_inversion(pipe, out: Path, report: dict):
 def cmd_demo(args):
     from ..checkpoint import write_json
     from ..classifier import load_classifier
-    from ..pipeline import load
+    from ..loading import load
 
     out = writable_dir(args.out)
     if args.started_at is None:
