@@ -66,16 +66,21 @@ def _identity_last(pipe):
     net.forward = last_is_identity
 
 
-def samples(ckpt: str, cell: str, num: int, ema: bool = True, guide: str | None = None,
-            autoguidance: float | None = None) -> torch.Tensor:
-    spacing, eta, *steps = cell.split(":")
+def cell_pipeline(ckpt: str, cell: str, ema: bool = True, guide: str | None = None):
+    """The model a cell samples: ``ckpt`` (its EMA or raw weights), guided by ``guide``'s EMA weights if given,
+    with the last evaluation replaced for ``identity-last`` (so each cell loads afresh)."""
     pipe = dk.load(ckpt, ema=ema)
     if guide:  # another checkpoint's EMA weights as the guide
         pipe.guide = dk.load(guide).model
-    if spacing == "identity-last":
+    if cell.startswith("identity-last:"):
         _identity_last(pipe)
-        spacing = "leading"
-    x = pipe.sample(num, "ddim", steps=int(steps[0]) if steps else 50, eta=float(eta), spacing=spacing,
+    return pipe
+
+
+def samples(pipe, cell: str, num: int, autoguidance: float | None = None) -> torch.Tensor:
+    spacing, eta, *steps = cell.split(":")
+    x = pipe.sample(num, "ddim", steps=int(steps[0]) if steps else 50, eta=float(eta),
+                    spacing="leading" if spacing == "identity-last" else spacing,
                     generator=torch.Generator().manual_seed(0), autoguidance_scale=autoguidance)
     return to_uint8(x)
 
@@ -145,9 +150,10 @@ def main():
         record(label, u8)
     scales = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [None]
     for cell in filter(None, args.cells.split(",")):
+        pipe = cell_pipeline(args.ckpt, cell, not args.raw, args.guide)  # one load for all the cell's scales
         for w in scales:
             name = cell + (" raw" if args.raw else "") + ("" if w is None else f" autoguidance {w:g}")
-            record(name, samples(args.ckpt, cell, args.num, not args.raw, args.guide, w))
+            record(name, samples(pipe, cell, args.num, w))
     if args.from_t:
         pipe, held_out = dk.load(args.ckpt), ref_images[len(ref):len(ref) + args.num]
         for t in map(int, args.from_t.split(",")):
