@@ -6,8 +6,8 @@
     python benchmarks/pretrained_quality.py --ckpt runs/pretrained-mnist --classifier mnist \\
         --ref npz:../shared/data/mnist_10k.npz:x --num 1000 --out runs/pretrained-mnist-quality.json
 
-``--num`` DDIM-50 η = 0 samples from seed 0 are scored against the first ``--num-ref`` (default ``--num``)
-images of ``--ref``:
+``--num`` DDIM-50 samples (η = 0, or ``--eta``) from seed 0 are scored against the first ``--num-ref`` (default
+``--num``) images of ``--ref``:
 - the classifier-FD (Fréchet distance in the shipped classifier's features) and its floor, the same measure
   between ``--num`` real images of ``--real`` (default: the next images of ``--ref``) and the reference;
 - the share that the classifier recognises with confidence ≥ 0.9, beside the real images' share;
@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--num-ref", type=int, default=None, help="reference images (default: --num)")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--eta", type=float, default=0.0)
     ap.add_argument("--kid", action="store_true")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -67,14 +68,15 @@ def main():
     pipe = dk.load(args.ckpt, device="cpu")
     ref, real = load_images(args.ref)[:n_ref], _real(args, n, n_ref)
     t0 = time.perf_counter()
-    x = to_uint8(pipe.sample(n, sampler="ddim", steps=args.steps, eta=0.0, generator=torch.Generator().manual_seed(0)))
+    x = to_uint8(pipe.sample(n, sampler="ddim", steps=args.steps, eta=args.eta,
+                             generator=torch.Generator().manual_seed(0)))
     seconds = time.perf_counter() - t0
     net = load_classifier(args.classifier)
     rec, rec_real = recognition(net, x), recognition(net, real)
-    r = dict(ckpt=args.ckpt, num=n, num_ref=n_ref, steps=args.steps, sample_seconds=round(seconds, 1),
+    r = dict(ckpt=args.ckpt, num=n, num_ref=n_ref, steps=args.steps, eta=args.eta, sample_seconds=round(seconds, 1),
              cfd=classifier_fd(net, x, ref), cfd_floor=classifier_fd(net, real, ref),
              recognised=rec.rate, classes=rec.classes_seen, recognised_real=rec_real.rate)
-    s = f"DDIM-{args.steps}, η = 0, {n} samples against {n_ref} reference images"
+    s = f"DDIM-{args.steps}, η = {args.eta:g}, {n} samples against {n_ref} reference images"
     summary = {"classifier-FD": f"{r['cfd']:.2f} ({s}; real images: {r['cfd_floor']:.2f})",
                "recognised": f"{rec.rate:.1%} with confidence ≥ 0.9, {rec.classes_seen} classes ({s}; real "
                              f"images: {rec_real.rate:.1%})"}

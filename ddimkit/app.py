@@ -128,16 +128,18 @@ class _Page:
             T = pipe.schedule.num_train_timesteps
             a, b = af.default_picks(pipe)
             steps = gr.update(maximum=T, value=d.steps)
-            return (describe_model(name, pipe), steps, gr.update(value=d.count), gr.update(value=d.compare_count),
+            return (describe_model(name, pipe), steps, gr.update(value=d.count), gr.update(**_guide(pipe)),
+                    gr.update(value=d.compare_count),
                     gr.update(maximum=T, value=min(50, T)), gr.update(maximum=T, value=d.invert_steps),
                     gr.update(value=a), gr.update(maximum=T, value=d.invert_steps), gr.update(value=a),
                     gr.update(value=b))
 
-    def sample(self, name, sampler, steps, eta, spacing, seed, count, request: gr.Request, progress=gr.Progress()):
+    def sample(self, name, sampler, steps, eta, spacing, seed, count, guide, request: gr.Request,
+               progress=gr.Progress()):
         with _in_page(), self.stops.running(request, "sample", progress) as report:
-            sampler = af.SAMPLERS.get(sampler, sampler)
-            grid, i = af.sample_images(self.models.get(name), sampler, steps, eta if sampler == "ddim" else 0.0,
-                                       spacing, seed, count, report)
+            sampler, pipe = af.SAMPLERS.get(sampler, sampler), self.models.get(name)
+            grid, i = af.sample_images(pipe, sampler, steps, eta if sampler == "ddim" else 0.0, spacing, seed, count,
+                                       report, guide if pipe.guide is not None else None)
             return grid, (f"{i['count']} images · {i['label']}, {i['steps']} steps ({i['spacing']} spacing) · "
                           f"seed {i['seed']} · **{i['seconds']:.2f} s** · **{i['nfe']} network evaluations** per "
                           f"image ({i['forward_passes']} batched forward passes)")
@@ -225,7 +227,15 @@ def _sampler_inputs(T: int, steps: int):
     return sampler, steps, eta
 
 
-def _sample_tab(page: _Page, model, T: int, d) -> list:
+def _guide(pipe) -> dict:
+    """The autoguidance slider's settings for ``pipe``: its default scale, or fixed at 1 without a guide."""
+    has = pipe.guide is not None
+    return dict(value=pipe.autoguidance(), interactive=has,
+                label="autoguidance w (1: the network alone, one network per step instead of two)" if has
+                else "autoguidance: this model has no guide (train with --autoguidance-at)")
+
+
+def _sample_tab(page: _Page, model, T: int, d, pipe) -> list:
     with gr.Row():
         with gr.Column(scale=1):
             sampler, steps, eta = _sampler_inputs(T, d.steps)
@@ -233,6 +243,7 @@ def _sample_tab(page: _Page, model, T: int, d) -> list:
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="seed")
                 count = gr.Slider(1, af.MAX_COUNT, value=d.count, step=1, label="count")
+            guide = gr.Slider(0, 4, step=0.25, elem_id="autoguidance", **_guide(pipe))
             with gr.Row():
                 run, stop = gr.Button("Sample", variant="primary", elem_id="sample-button"), gr.Button("Stop")
         with gr.Column(scale=2):
@@ -242,10 +253,11 @@ def _sample_tab(page: _Page, model, T: int, d) -> list:
             compare_count = gr.Slider(1, 64, value=d.compare_count, step=1, label="count (per sampler)")
             compare = gr.Button("Compare", elem_id="compare-button")
         gallery, table = gr.Gallery(label="same seed, four samplers", columns=4, format="png"), gr.Markdown()
-    ev = run.click(page.sample, [model, sampler, steps, eta, spacing, seed, count], [grid, info], api_name="sample")
+    ev = run.click(page.sample, [model, sampler, steps, eta, spacing, seed, count, guide], [grid, info],
+                   api_name="sample")
     ev2 = compare.click(page.compare, [model, seed, compare_count], [gallery, table], api_name="compare")
     stop.click(page.stopper("sample"), None, None, cancels=[ev, ev2], api_name=False)
-    return [steps, count, compare_count]
+    return [steps, count, guide, compare_count]
 
 
 def _trajectory_tab(page: _Page, model, T: int) -> list:
@@ -327,14 +339,14 @@ def build_app(models: Models, initial: str, choices: list[str] | None = None) ->
             about = gr.Markdown(describe_model(initial, pipe))
         with gr.Tabs():
             with gr.Tab("Sample"):
-                sample_steps, count, compare_count = _sample_tab(page, model, T, d)
+                sample_steps, count, guide, compare_count = _sample_tab(page, model, T, d, pipe)
             with gr.Tab("Trajectory"):
                 (traj_steps,) = _trajectory_tab(page, model, T)
             with gr.Tab("Invert"):
                 invert_steps, invert_pick = _invert_tab(page, model, T, d, picks[0])
             with gr.Tab("Fuse"):
                 fuse_steps, pick_a, pick_b = _fuse_tab(page, model, T, d, picks)
-        model.change(page.load, model, [about, sample_steps, count, compare_count, traj_steps, invert_steps,
+        model.change(page.load, model, [about, sample_steps, count, guide, compare_count, traj_steps, invert_steps,
                                         invert_pick, fuse_steps, pick_a, pick_b], api_name="load_model")
     return demo
 

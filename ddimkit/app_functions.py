@@ -133,14 +133,17 @@ class _Steps:
             self.progress(self.done + self.calls, self.total, self.desc)
 
 
-def _sample(pipe, sampler, steps, eta, spacing, seed, count, progress=None, done=0, total=None, record=None):
+def _sample(pipe, sampler, steps, eta, spacing, seed, count, progress=None, done=0, total=None, record=None,
+            autoguidance=None):
     """``pipe.sample`` from ``seed`` (as ``ddimkit sample --seed``), timed and counted."""
     label = {v: k for k, v in SAMPLERS.items()}[sampler] + (f" η={eta:g}" if sampler == "ddim" else "")
+    w = pipe.autoguidance(None if autoguidance is None else float(autoguidance))  # refused here, before any work
+    label += f", autoguidance w={w:g}" if w != 1 else ""
     counter = _Steps(progress, total or steps, f"{label}, {steps} steps", done, record)
-    per_step = pipe.evaluations_per_step()  # a guided model evaluates two networks (or four) per step
+    per_step = pipe.evaluations_per_step(autoguidance_scale=w)  # a guided step evaluates two networks (or four)
     t0 = time.perf_counter()
     images = pipe.sample(count, sampler=sampler, steps=steps, eta=eta, spacing=spacing, generator=_gen(seed),
-                         callback=counter)
+                         callback=counter, autoguidance_scale=w)
     info = {"sampler": sampler, "label": label, "steps": steps, "eta": eta, "spacing": spacing or "model default",
             "seed": int(seed), "count": count, "seconds": time.perf_counter() - t0,
             "nfe": counter.calls // max(1, counter.batches) * per_step, "forward_passes": counter.calls * per_step,
@@ -149,8 +152,9 @@ def _sample(pipe, sampler, steps, eta, spacing, seed, count, progress=None, done
 
 
 def sample_images(pipe, sampler: str = "ddim", steps=20, eta=0.0, spacing=None, seed=0, count=16,
-                  progress: Progress | None = None) -> tuple[np.ndarray, dict]:
-    """Sample ``count`` images from ``seed``: the same images as ``ddimkit sample --seed SEED --num COUNT``.
+                  progress: Progress | None = None, autoguidance=None) -> tuple[np.ndarray, dict]:
+    """Sample ``count`` images from ``seed``: the same images as ``ddimkit sample --seed SEED --num COUNT``
+    (``--autoguidance-scale W`` for ``autoguidance``; default: the model's).
 
     Returns the grid and ``{sampler, label, steps, eta, spacing, seed, count, seconds, nfe, forward_passes,
     x_T}``: ``nfe`` is the network evaluations per image (steps × :meth:`Pipeline.evaluations_per_step`, for
@@ -159,7 +163,7 @@ def sample_images(pipe, sampler: str = "ddim", steps=20, eta=0.0, spacing=None, 
     sampler = _sampler(sampler)
     steps, eta, spacing = check_steps(pipe, steps), _eta(sampler, eta), _spacing(spacing)
     count = _whole(count, "count", 1, MAX_COUNT)
-    images, info = _sample(pipe, sampler, steps, eta, spacing, seed, count, progress)
+    images, info = _sample(pipe, sampler, steps, eta, spacing, seed, count, progress, autoguidance=autoguidance)
     return picture(images), info
 
 

@@ -58,14 +58,26 @@ def test_sample_is_the_cli_seed_and_counts_evaluations(pipe, sampler, eta):
     assert info["seconds"] > 0
 
 
-def test_a_guided_model_counts_both_networks(pipe):
-    """With autoguidance each step evaluates model and guide: the page reports 2 × steps per image."""
+def test_a_guided_model_counts_both_networks_and_its_scale_is_the_pages(pipe):
+    """With autoguidance each step evaluates model and guide: the page reports 2 × steps per image. Its slider
+    gives the scale (default: the model's), as ``ddimkit sample --autoguidance-scale`` does."""
     import copy
     from dataclasses import replace
 
-    guided = replace(pipe, guide=copy.deepcopy(pipe.model), sampling={**pipe.sampling, "autoguidance_scale": 2.0})
-    _, info = af.sample_images(guided, "ddim", 5, 0.0, None, seed=0, count=2)
-    assert (info["nfe"], info["forward_passes"]) == (10, 10)
+    torch.manual_seed(0)
+    guide = copy.deepcopy(pipe.model)
+    for p in guide.parameters():
+        p.data += 0.01 * torch.randn_like(p)  # a guide that differs from the model, as an earlier EMA does
+    guided = replace(pipe, guide=guide, sampling={**pipe.sampling, "autoguidance_scale": 2.0})
+    grid, info = af.sample_images(guided, "ddim", 5, 0.0, None, seed=0, count=2)
+    assert (info["nfe"], info["forward_passes"]) == (10, 10) and "autoguidance w=2" in info["label"]
+    for w in (1.0, 3.0):
+        grid_w, info_w = af.sample_images(guided, "ddim", 5, 0.0, None, seed=0, count=2, autoguidance=w)
+        expected = guided.sample(2, steps=5, generator=torch.Generator().manual_seed(0), autoguidance_scale=w)
+        assert np.array_equal(grid_w, af.picture(expected)) and not np.array_equal(grid_w, grid)
+        assert info_w["nfe"] == (5 if w == 1 else 10)
+    with pytest.raises(ValueError, match="no guiding network|has none"):
+        af.sample_images(pipe, "ddim", 5, 0.0, None, seed=0, count=2, autoguidance=2.0)
 
 
 def test_compare_starts_every_sampler_from_the_same_noise(pipe):
@@ -285,7 +297,7 @@ def test_served_page_works_and_survives_bad_input(server, tmp_path):
 
     demo, ckpt = server
     client = Client(demo.local_url, verbose=False)
-    grid, info = _call(client, ckpt, "DDIM", 5, 0, "model default", 0, 4, api_name="/sample")
+    grid, info = _call(client, ckpt, "DDIM", 5, 0, "model default", 0, 4, 1, api_name="/sample")
     assert Image.open(grid).size[0] >= 256 and "5 network evaluations" in info
     gallery, table = _call(client, ckpt, 1, 1, api_name="/compare")
     assert len(gallery) == 4 and f"| DDPM | {T} |" in table
@@ -318,7 +330,7 @@ def test_served_page_works_and_survives_bad_input(server, tmp_path):
     # Still serving after all that, and the model box loads a model (and sets the sliders to its T).
     about, steps, *_ = _call(client, ckpt, api_name="/load_model")
     assert "1×28×28 images, T = 100" in about and (steps["maximum"], steps["value"]) == (T, 20)
-    assert "4 images" in _call(client, ckpt, "DPM-Solver++", 3, 0, "model default", 1, 4, api_name="/sample")[1]
+    assert "4 images" in _call(client, ckpt, "DPM-Solver++", 3, 0, "model default", 1, 4, 1, api_name="/sample")[1]
 
 
 def test_stop_ends_the_work_itself(run_dir):
@@ -333,7 +345,7 @@ def test_stop_ends_the_work_itself(run_dir):
 
     def long_job():  # 256 images × 100 DDPM steps: far longer than the test waits
         try:
-            page.sample(str(run_dir), "DDPM", T, 0, "model default", 0, 256, request, progress=None)
+            page.sample(str(run_dir), "DDPM", T, 0, "model default", 0, 256, 1, request, progress=None)
         except gr.Error as e:
             errors.append(e)
 
