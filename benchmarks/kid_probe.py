@@ -15,8 +15,8 @@ instead of the EMA's; ``--autoguidance W,...`` scores each cell at each autoguid
 own guide or the EMA weights of the checkpoint ``--guide``. ``--from-t T,...`` scores ``--num`` held-out
 reference images (those after the first ``--num-ref``) noised to t = T and denoised by the model's DDIM steps
 T, T - 20, ..., 0. Each row also gives the share of pixels at exactly 0 and at 1–8 grey levels (the data's
-background is 0), and ``--lowt`` the network's x̂0-MSE at small t against that of the identity estimate
-x_t/√ᾱ_t on the reference.
+background is 0) and, with ``--classifier``, the classifier-FD against the reference; ``--lowt`` gives the
+network's x̂0-MSE at small t against that of the identity estimate x_t/√ᾱ_t on the reference.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 import ddimkit as dk
+from ddimkit.classifier import classifier_fd, load_classifier
 from ddimkit.data import load_images, to_model_range, to_uint8
 from ddimkit.diffusion import add_noise, levels
 from ddimkit.metrics import inception_features, kid
@@ -128,6 +129,8 @@ def main():
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--num-ref", type=int, default=None)
     ap.add_argument("--ref-features", help="a .npy file caching the reference's Inception features")
+    ap.add_argument("--classifier", default=None, choices=("mnist", "fashion-mnist"),
+                    help="also the classifier-FD of every row against the reference, in this shipped classifier")
     ap.add_argument("--out", default="runs/kid-probe.json")
     args = ap.parse_args()
     register_classes()  # the study's networks load like any checkpoint
@@ -142,8 +145,12 @@ def main():
             np.save(cache, f_ref)
     res = {"real": _background(ref)}
 
+    net = load_classifier(args.classifier) if args.classifier else None
+
     def record(name: str, u8: torch.Tensor):
         res[name] = {"kid": kid(inception_features(u8), f_ref), **_background(u8)}
+        if net is not None:
+            res[name]["classifier_fd"] = classifier_fd(net, u8, ref)
         print(name, res[name], flush=True)
 
     for label, u8 in (perturbations(load_images(args.real)[:args.num]) if args.perturb else {}).items():

@@ -91,7 +91,7 @@ class TrainConfig:
     class_conditional: bool = False
     label_dropout: float = 0.1
     guidance_scale: float = 1.0
-    autoguidance_at: float | None = 0.25
+    autoguidance_at: float | None = 0.2
     autoguidance_scale: float = 2.0
     schedule: str = "linear"
     num_train_timesteps: int = 1000
