@@ -253,6 +253,13 @@ def main():
     ref_features: dict = {}
     res["recipes"]["real training images (floor)"] = scores(train_images[: args.num], ref, args, inception, device,
                                                            ref_features)
+    def sampled(pipe, **kw) -> dict:
+        """The sampling time and the scores of ``--num`` samples of ``pipe`` (``kw``: :func:`draw`'s)."""
+        t0 = time.perf_counter()
+        samples = draw(pipe, args.num, args.batch_size, args.seed, **kw)
+        seconds = time.perf_counter() - t0
+        return dict(sample_seconds=seconds, **scores(samples, ref, args, inception, device, ref_features))
+
     for name in ("ddimkit", "diffusers"):
         if name in args.skip:
             continue
@@ -262,17 +269,11 @@ def main():
         else:
             size = args.image_size or (32 if args.preset == "ddpm-cifar10" else train_images.shape[-1])
             pipe, info = train_diffusers(args, fit_images(train_images, size), device)
-        t0 = time.perf_counter()
-        samples = draw(pipe, args.num, args.batch_size, args.seed)
-        info["sample_seconds"] = time.perf_counter() - t0
-        info.update(scores(samples, ref, args, inception, device, ref_features))
+        info.update(sampled(pipe))
         res["recipes"][name] = info
         if name == "ddimkit" and args.unguided and pipe.guide is not None:
-            t0 = time.perf_counter()
-            samples = draw(pipe, args.num, args.batch_size, args.seed, autoguidance_scale=1.0)
-            alone = dict(info, sample_seconds=time.perf_counter() - t0)
-            alone.update(scores(samples, ref, args, inception, device, ref_features))
-            res["recipes"]["ddimkit, network alone (no autoguidance)"] = alone
+            res["recipes"]["ddimkit, network alone (no autoguidance)"] = {**info,
+                                                                        **sampled(pipe, autoguidance_scale=1.0)}
         (out / "time_to_quality.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         print(name, {k: v for k, v in info.items() if k != "config"}, flush=True)
     (out / "time_to_quality.md").write_text(markdown(res))

@@ -14,7 +14,7 @@ import torch
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
 
-__all__ = ["load", "build_model", "load_weights", "default_device"]
+__all__ = ["load", "build_model", "load_weights", "network", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -43,6 +43,13 @@ def load_weights(model: torch.nn.Module, state: dict, where) -> None:
                          f"unexpected, e.g. {(missing or unexpected)[0]})")
 
 
+def network(model_cfg: dict, state: dict, where, device=None) -> torch.nn.Module:
+    """The network ``model_cfg`` describes, holding the weights ``state`` (``where`` names them in errors)."""
+    model = build_model(model_cfg)
+    load_weights(model, state, where)
+    return model if device is None else model.to(device)
+
+
 def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32",
          compile: bool | str = "auto") -> Pipeline:
     """Load a model as a :class:`Pipeline`.
@@ -68,11 +75,7 @@ def load(path: str | Path, ema: bool = True, device=None, precision: str = "fp32
             return pipe
     ck = read_checkpoint(p, ema=ema)
     cfg = ck["config"]
-    model, guide = build_model(cfg["model"]), None
-    load_weights(model, ck["model"], ck["dir"])
-    if ck["guide"] is not None:
-        guide = build_model(cfg["model"])
-        load_weights(guide, ck["guide"], ck["dir"])
-        guide.to(device)
-    return Pipeline(model.to(device), NoiseSchedule.from_config(cfg["schedule"]), cfg["prediction_type"], cfg,
+    model = network(cfg["model"], ck["model"], ck["dir"], device)
+    guide = None if ck["guide"] is None else network(cfg["model"], ck["guide"], ck["dir"], device)
+    return Pipeline(model, NoiseSchedule.from_config(cfg["schedule"]), cfg["prediction_type"], cfg,
                     cfg.get("sampling", {}), precision, compile, guide)

@@ -156,7 +156,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast as accelerate_broadcast
 
-    from .loading import build_model
+    from .loading import network
     from .viz import plot_loss, save_grid
 
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
@@ -259,11 +259,8 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
             return
         raw = accelerator.unwrap_model(net)
         raw = getattr(raw, "_orig_mod", raw)
-        ema_net, guide_net = build_model(run_cfg["model"]).to(device), None
-        ema_net.load_state_dict(ema.state_dict(raw))
-        if guide is not None:
-            guide_net = build_model(run_cfg["model"]).to(device)
-            guide_net.load_state_dict(guide)
+        ema_net = network(run_cfg["model"], ema.state_dict(raw), "the EMA weights", device)
+        guide_net = None if guide is None else network(run_cfg["model"], guide, "the guide", device)
         pipe = Pipeline(ema_net, schedule, prediction_type, run_cfg, run_cfg["sampling"],
                         "bf16" if cuda else "fp32", guide=guide_net)
         x = pipe.sample(cfg.num_sample_images, "ddim", steps=50, generator=torch.Generator().manual_seed(cfg.seed))
