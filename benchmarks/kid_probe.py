@@ -12,9 +12,9 @@ with Gaussian pixel noise of 1 and 3 grey levels (seed 0), and half-blended with
 seed 0; the spacing ``identity-last`` is the ``leading`` grid with the network's x̂0 at t = 0, the last
 evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler); ``--raw`` samples them from the raw weights
 instead of the EMA's; ``--autoguidance W,...`` scores each cell at each autoguidance scale, with the model's
-own guide or the EMA weights of the checkpoint ``--guide``. ``--from-t T,...`` scores ``--num`` held-out
-reference images (those after the first ``--num-ref``) noised to t = T and denoised by the model's DDIM steps
-T, T - 20, ..., 0. Each row also gives the share of pixels at exactly 0 and at 1–8 grey levels (the data's
+own guide or the EMA weights of the checkpoint ``--guide`` (of several, their mean). ``--from-t T,...``
+scores ``--num`` held-out reference images (those after the first ``--num-ref``) noised to t = T and denoised
+by the model's DDIM steps T, T - 20, ..., 0. Each row also gives the share of pixels at exactly 0 and at 1–8 grey levels (the data's
 background is 0) and, with ``--classifier``, the classifier-FD against the reference; ``--lowt`` gives the
 network's x̂0-MSE at small t against that of the identity estimate x_t/√ᾱ_t on the reference.
 """
@@ -71,8 +71,11 @@ def cell_pipeline(ckpt: str, cell: str, ema: bool = True, guide: str | None = No
     """The model a cell samples: ``ckpt`` (its EMA or raw weights), guided by ``guide``'s EMA weights if given,
     with the last evaluation replaced for ``identity-last`` (so each cell loads afresh)."""
     pipe = dk.load(ckpt, ema=ema)
-    if guide:  # another checkpoint's EMA weights as the guide
-        pipe.guide = dk.load(guide).model
+    if guide:  # other checkpoints' EMA weights as the guide: one's, or the mean of several (a longer average)
+        nets = [dk.load(g).model for g in guide.split(",")]
+        states = [n.state_dict() for n in nets]
+        nets[0].load_state_dict({k: sum(s[k].double() for s in states) / len(states) for k in states[0]})
+        pipe.guide = nets[0]
     if cell.startswith("identity-last:"):
         _identity_last(pipe)
     return pipe
@@ -123,7 +126,8 @@ def main():
     ap.add_argument("--raw", action="store_true", help="sample --cells from the raw weights, not the EMA's")
     ap.add_argument("--autoguidance", default="", help="W,...: score every cell at each autoguidance scale "
                     "(default: the model's)")
-    ap.add_argument("--guide", default=None, help="a checkpoint folder whose EMA weights guide --ckpt's cells")
+    ap.add_argument("--guide", default=None, help="a checkpoint folder whose EMA weights guide --ckpt's cells, or "
+                    "several (comma-separated): the mean of their EMA weights")
     ap.add_argument("--from-t", default="", help="T,...: --num reference images after the first --num-ref, "
                     "noised to T and denoised by --ckpt's last DDIM steps (multiples of 20)")
     ap.add_argument("--num", type=int, default=1000)

@@ -139,7 +139,7 @@ class _Page:
         with _in_page(), self.stops.running(request, "sample", progress) as report:
             sampler, pipe = af.SAMPLERS.get(sampler, sampler), self.models.get(name)
             grid, i = af.sample_images(pipe, sampler, steps, eta if sampler == "ddim" else 0.0, spacing, seed, count,
-                                       report, guide if pipe.guide is not None else None)
+                                       report, guide)  # a guideless model's slider sits at 1; other values are refused
             return grid, (f"{i['count']} images · {i['label']}, {i['steps']} steps ({i['spacing']} spacing) · "
                           f"seed {i['seed']} · **{i['seconds']:.2f} s** · **{i['nfe']} network evaluations** per "
                           f"image ({i['forward_passes']} batched forward passes)")

@@ -322,6 +322,8 @@ def test_served_page_works_and_survives_bad_input(server, tmp_path):
                              ((ckpt, handle_file(str(tmp_path / "junk.png")), None, 5, 1), "/invert",
                               "cannot read junk.png as an image"),
                              ((ckpt, None, None, 5, 1), "/invert", "upload an image or pick a test image"),
+                             # an API call may send any scale; this model has no guide to run it with
+                             ((ckpt, "DDIM", 5, 0, "model default", 0, 4, 2), "/sample", "this model has none"),
                              # the slider (Gradio) or the function refuses it, each in words
                              ((ckpt, "DDIM", T + 1, 0, "model default", 0, 4), "/sample",
                               f"(more than the model's {T} training timesteps|greater than maximum value {T})")]:

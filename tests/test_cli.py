@@ -263,3 +263,7 @@ def test_autoguidance_flags(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse's own one-line usage error
         main(["train", "--out", str(tmp_path / "x"), "--autoguidance-at", "1.5"])
     assert e.value.code == 2 and "must be a fraction in (0, 1) or 'off'" in capsys.readouterr().err
+    for flag in ("--autoguidance-scale", "--guidance-scale"):  # refused as `sample` refuses them, before any work
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--out", str(tmp_path / "x"), flag, "-1"])
+        assert e.value.code == 2 and ">= 0" in capsys.readouterr().err and not (tmp_path / "x").exists()

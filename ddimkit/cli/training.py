@@ -7,7 +7,8 @@ from dataclasses import fields
 
 import torch
 
-from .common import UsageError, add_compile_args, non_negative_int, positive_float, positive_int, writable_dir
+from .common import (UsageError, add_compile_args, non_negative_float, non_negative_int, positive_float, positive_int,
+                     writable_dir)
 
 
 def register(sub):
@@ -51,12 +52,12 @@ def register(sub):
                         "per class); sampling then takes labels and classifier-free guidance (default: off)")
     p.add_argument("--label-dropout", type=float, default=d.label_dropout, metavar="P",
                    help="share of labels replaced by the null label, for guidance (default: %(default)s)")
-    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale, metavar="W",
+    p.add_argument("--guidance-scale", type=non_negative_float, default=d.guidance_scale, metavar="W",
                    help="classifier-free guidance scale stored as the model's sampling default (default: %(default)s)")
     p.add_argument("--autoguidance-at", type=fraction_or_off, default=d.autoguidance_at, metavar="F",
                    help="keep the EMA weights at this fraction of the run as autoguidance's guide, or 'off' "
                         "(default: %(default)s)")
-    p.add_argument("--autoguidance-scale", type=float, default=d.autoguidance_scale, metavar="W",
+    p.add_argument("--autoguidance-scale", type=non_negative_float, default=d.autoguidance_scale, metavar="W",
                    help="autoguidance scale stored as the model's sampling default (default: %(default)s)")
     p.add_argument("--schedule", choices=("linear", "scaled-linear", "cosine", "sigmoid"), default=d.schedule)
     p.add_argument("--timesteps", type=positive_int, default=d.num_train_timesteps, help="training timesteps T")
