@@ -263,13 +263,16 @@ def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):
     if cuda:
         train_runs["ddimkit (bf16, fused AdamW, eager)"] = lambda: training_step(
             create_model(args.preset).to(device), args.train_batch, device, bf16, True, False)
-    else:
-        # TorchInductor compiles on the CPU too; its warm step against eager says what a long CPU run could gain
+    # TorchInductor compiles on the CPU too: its warm step against eager says what a long CPU run could gain
+    # (not under --quick, whose CPU check skips every forced compile)
+    cpu_compile = (False,) if args.quick else (False, True)
+    if not cuda and not args.quick:
         train_runs["ddimkit (fp32, compile)"] = lambda: training_step(
             create_model(args.preset).to(device), args.train_batch, device, None, False, True)
     if not cuda and cpu_has_native_bf16():
         # bf16 autocast on a CPU is only worth timing where the CPU computes in bf16 (elsewhere it is emulated)
-        for label, compiled in (("ddimkit (bf16 autocast)", False), ("ddimkit (bf16 autocast, compile)", True)):
+        for compiled in cpu_compile:
+            label = "ddimkit (bf16 autocast, compile)" if compiled else "ddimkit (bf16 autocast)"
             train_runs[label] = lambda compiled=compiled: training_step(
                 create_model(args.preset).to(device), args.train_batch, device, torch.bfloat16, False, compiled)
     if have_diffusers:
