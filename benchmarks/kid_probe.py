@@ -14,9 +14,10 @@ evaluation, replaced by x_t/√ᾱ_0 (a diagnostic, not a sampler); ``--raw`` sa
 instead of the EMA's; ``--autoguidance W,...`` scores each cell at each autoguidance scale, with the model's
 own guide or the EMA weights of the checkpoint ``--guide`` (of several, their mean). ``--from-t T,...``
 scores ``--num`` held-out reference images (those after the first ``--num-ref``) noised to t = T and denoised
-by the model's DDIM steps T, T - 20, ..., 0. Each row also gives the share of pixels at exactly 0 and at 1–8 grey levels (the data's
-background is 0) and, with ``--classifier``, the classifier-FD against the reference; ``--lowt`` gives the
-network's x̂0-MSE at small t against that of the identity estimate x_t/√ᾱ_t on the reference.
+by the model's DDIM steps T, T - 20, ..., 0. Each row also gives the share of pixels at exactly 0 and at 1–8
+grey levels (the data's background is 0) and, with ``--classifier``, the classifier-FD against the reference;
+``--lowt`` gives the network's x̂0-MSE at small t against that of the identity estimate x_t/√ᾱ_t on the
+reference.
 """
 
 from __future__ import annotations
