@@ -253,28 +253,32 @@ def warm_part(args, res, out, ours, flops, device, have_diffusers, deadline):
                                    "mean": float((a - b).abs().float().mean())}
 
 
+def cpu_training_rows(args, device) -> dict:
+    """The CPU's ddimkit rows, fp32 first: each precision eager and compiled. TorchInductor compiles on the CPU
+    too, so its warm step against eager says what a long CPU run could gain; ``--quick``, whose CPU check
+    skips every forced compile, times eager only. bf16 autocast is only worth timing where the CPU computes in
+    bf16 (elsewhere it is emulated)."""
+    precisions = [("fp32", None)] + ([("bf16 autocast", torch.bfloat16)] if cpu_has_native_bf16() else [])
+    rows = {}
+    for name, dtype in precisions:
+        for compiled in (False,) if args.quick else (False, True):
+            rows[f"ddimkit ({name}{', compile' if compiled else ''})"] = lambda dtype=dtype, compiled=compiled: (
+                training_step(create_model(args.preset).to(device), args.train_batch, device, dtype, False, compiled))
+    return rows
+
+
 def warm_train_part(args, res, out, device, have_diffusers, flops, deadline):
     """Training images/s in steady state (after 3 warm-up steps, the compile included there)."""
     cuda = device.type == "cuda"
     bf16 = torch.bfloat16 if cuda else None
-    train_runs = {"ddimkit (bf16, fused AdamW, compile)" if cuda else "ddimkit (fp32)":
-                  lambda: training_step(create_model(args.preset).to(device), args.train_batch, device, bf16, cuda,
-                                        cuda)}
     if cuda:
-        train_runs["ddimkit (bf16, fused AdamW, eager)"] = lambda: training_step(
-            create_model(args.preset).to(device), args.train_batch, device, bf16, True, False)
-    # TorchInductor compiles on the CPU too: its warm step against eager says what a long CPU run could gain
-    # (not under --quick, whose CPU check skips every forced compile)
-    cpu_compile = (False,) if args.quick else (False, True)
-    if not cuda and not args.quick:
-        train_runs["ddimkit (fp32, compile)"] = lambda: training_step(
-            create_model(args.preset).to(device), args.train_batch, device, None, False, True)
-    if not cuda and cpu_has_native_bf16():
-        # bf16 autocast on a CPU is only worth timing where the CPU computes in bf16 (elsewhere it is emulated)
-        for compiled in cpu_compile:
-            label = "ddimkit (bf16 autocast, compile)" if compiled else "ddimkit (bf16 autocast)"
-            train_runs[label] = lambda compiled=compiled: training_step(
-                create_model(args.preset).to(device), args.train_batch, device, torch.bfloat16, False, compiled)
+        train_runs = {
+            "ddimkit (bf16, fused AdamW, compile)": lambda: training_step(
+                create_model(args.preset).to(device), args.train_batch, device, bf16, True, True),
+            "ddimkit (bf16, fused AdamW, eager)": lambda: training_step(
+                create_model(args.preset).to(device), args.train_batch, device, bf16, True, False)}
+    else:
+        train_runs = cpu_training_rows(args, device)
     if have_diffusers:
         import diffusers
 
