@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .app_checks import (MAX_COUNT, SAMPLERS, SPACINGS, check_eta, check_sampler, check_spacing,
+                         check_steps, conditions, generator, whole)
 from .data import array_to_nchw, convert_channels, fit_images, read_image, to_model_range, to_uint8
 from .interpolate import angle_degrees, lerp, slerp
 from .metrics import psnr, reconstruction_mse
@@ -32,11 +34,9 @@ __all__ = ["SAMPLERS", "SPACINGS", "Cancelled", "check_steps", "picture", "sampl
            "default_picks", "pick_image", "invert_image", "FusePair", "invert_pair", "fuse_decode", "fuse_strip",
            "fuse_at"]
 
-SAMPLERS = {"DDPM": "ddpm", "DDIM": "ddim", "DPM-Solver++": "dpmpp-2m"}
-SPACINGS = ("leading", "trailing", "linspace", "quadratic", "logsnr")
 COMPARE_DDIM_STEPS = (10, 20, 50)
 FUSE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MAX_COUNT, MAX_REFINE, MAX_SEED = 256, 10, 2**63 - 1
+MAX_REFINE = 10
 MIN_SIDE, MAX_PIXELS = 8, 4096 * 4096
 DIGITS, SAMPLE_SEEDS = tuple(range(10)), (0, 1, 2, 3)
 
@@ -47,58 +47,6 @@ class Cancelled(Exception):
     """The user stopped the work; raised from a ``progress`` callback."""
 
 
-# -- checks ------------------------------------------------------------------------------------------------
-
-def _whole(value, what: str, lo: int, hi: int | None = None) -> int:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, got {value!r}") from None
-    if not math.isfinite(v) or v != int(v):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if int(v) < lo or (hi is not None and int(v) > hi):
-        raise ValueError(f"{what} must be " + (f"between {lo} and {hi}" if hi is not None else f"at least {lo}")
-                         + f", got {int(v)}")
-    return int(v)
-
-
-def check_steps(pipe, steps, what: str = "steps") -> int:
-    """A step count between 1 and the model's T (more steps than training timesteps do not exist)."""
-    T = pipe.schedule.num_train_timesteps
-    v = _whole(steps, what, 1)
-    if v > T:
-        raise ValueError(f"{what} = {v} is more than the model's {T} training timesteps")
-    return v
-
-
-def _sampler(name: str) -> str:
-    if name in SAMPLERS.values():
-        return name
-    if name in SAMPLERS:
-        return SAMPLERS[name]
-    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-
-
-def _eta(sampler: str, eta) -> float:
-    try:
-        eta = float(eta or 0.0)
-    except (TypeError, ValueError):
-        raise ValueError(f"η must be a number >= 0, got {eta!r}") from None
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"η must be a number >= 0, got {eta}")
-    if eta and sampler != "ddim":
-        raise ValueError("η applies to DDIM only; DDPM and DPM-Solver++ take η = 0")
-    return eta
-
-
-def _spacing(spacing) -> str | None:
-    if spacing in (None, "", "model default"):
-        return None
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
-    return spacing
-
-
 # -- pictures ----------------------------------------------------------------------------------------------
 
 def picture(images: torch.Tensor, nrow: int | None = None, size: int = 512) -> np.ndarray:
@@ -107,10 +55,6 @@ def picture(images: torch.Tensor, nrow: int | None = None, size: int = 512) -> n
     k = max(1, size // max(grid.shape[:2]))
     grid = grid.repeat(k, 0).repeat(k, 1)
     return grid[..., 0] if grid.shape[-1] == 1 else grid
-
-
-def _gen(seed) -> torch.Generator:
-    return torch.Generator().manual_seed(_whole(seed, "seed", 0, MAX_SEED))
 
 
 # -- sample and compare ------------------------------------------------------------------------------------
@@ -133,17 +77,18 @@ class _Steps:
             self.progress(self.done + self.calls, self.total, self.desc)
 
 
-def _sample(pipe, sampler, steps, eta, spacing, seed, count, progress=None, done=0, total=None, record=None,
-            autoguidance=None):
-    """``pipe.sample`` from ``seed`` (as ``ddimkit sample --seed``), timed and counted."""
-    label = {v: k for k, v in SAMPLERS.items()}[sampler] + (f" η={eta:g}" if sampler == "ddim" else "")
-    w = pipe.autoguidance(None if autoguidance is None else float(autoguidance))  # refused here, before any work
-    label += f", autoguidance w={w:g}" if w != 1 else ""
+def _sample(pipe, sampler, steps, eta, spacing, seed, count, conditioned: tuple[dict, str], progress=None, done=0,
+            total=None, record=None):
+    """``pipe.sample`` from ``seed`` (as ``ddimkit sample --seed``), timed and counted, with ``conditioned``
+    from :func:`~ddimkit.app_checks.conditions` (checked before any work)."""
+    cond, words = conditioned
+    label = {v: k for k, v in SAMPLERS.items()}[sampler] + (f" η={eta:g}" if sampler == "ddim" else "") + words
     counter = _Steps(progress, total or steps, f"{label}, {steps} steps", done, record)
-    per_step = pipe.evaluations_per_step(autoguidance_scale=w)  # a guided step evaluates two networks (or four)
+    # a guided step evaluates two networks, four with both guidances
+    per_step = pipe.evaluations_per_step(cond["guidance_scale"], cond["autoguidance_scale"])
     t0 = time.perf_counter()
-    images = pipe.sample(count, sampler=sampler, steps=steps, eta=eta, spacing=spacing, generator=_gen(seed),
-                         callback=counter, autoguidance_scale=w)
+    images = pipe.sample(count, sampler=sampler, steps=steps, eta=eta, spacing=spacing, generator=generator(seed),
+                         callback=counter, **cond)
     info = {"sampler": sampler, "label": label, "steps": steps, "eta": eta, "spacing": spacing or "model default",
             "seed": int(seed), "count": count, "seconds": time.perf_counter() - t0,
             "nfe": counter.calls // max(1, counter.batches) * per_step, "forward_passes": counter.calls * per_step,
@@ -152,32 +97,37 @@ def _sample(pipe, sampler, steps, eta, spacing, seed, count, progress=None, done
 
 
 def sample_images(pipe, sampler: str = "ddim", steps=20, eta=0.0, spacing=None, seed=0, count=16,
-                  progress: Progress | None = None, autoguidance=None) -> tuple[np.ndarray, dict]:
+                  progress: Progress | None = None, autoguidance=None, class_choice=None,
+                  guidance=None) -> tuple[np.ndarray, dict]:
     """Sample ``count`` images from ``seed``: the same images as ``ddimkit sample --seed SEED --num COUNT``
-    (``--autoguidance-scale W`` for ``autoguidance``; default: the model's).
+    (``--autoguidance-scale W`` for ``autoguidance``, ``--class-labels K`` for the choice "class K" of
+    :func:`~ddimkit.app_checks.class_choices`, ``--guidance-scale`` for ``guidance``; default: the model's).
 
     Returns the grid and ``{sampler, label, steps, eta, spacing, seed, count, seconds, nfe, forward_passes,
     x_T}``: ``nfe`` is the network evaluations per image (steps × :meth:`Pipeline.evaluations_per_step`, for
     all three samplers), ``forward_passes`` the batched network calls made.
     """
-    sampler = _sampler(sampler)
-    steps, eta, spacing = check_steps(pipe, steps), _eta(sampler, eta), _spacing(spacing)
-    count = _whole(count, "count", 1, MAX_COUNT)
-    images, info = _sample(pipe, sampler, steps, eta, spacing, seed, count, progress, autoguidance=autoguidance)
+    sampler = check_sampler(sampler)
+    steps, eta, spacing = check_steps(pipe, steps), check_eta(sampler, eta), check_spacing(spacing)
+    count = whole(count, "count", 1, MAX_COUNT)
+    conditioned = conditions(pipe, class_choice, guidance, autoguidance)
+    images, info = _sample(pipe, sampler, steps, eta, spacing, seed, count, conditioned, progress)
     return picture(images), info
 
 
-def compare_samplers(pipe, seed=0, count=4, ddim_steps=COMPARE_DDIM_STEPS,
-                     progress: Progress | None = None) -> list[tuple[np.ndarray, dict]]:
+def compare_samplers(pipe, seed=0, count=4, ddim_steps=COMPARE_DDIM_STEPS, progress: Progress | None = None,
+                     autoguidance=None, class_choice=None, guidance=None) -> list[tuple[np.ndarray, dict]]:
     """DDPM with all T steps beside DDIM (η = 0) at each of ``ddim_steps``, every one from the same starting
-    noise (drawn from ``seed`` first, as ``pipe.sample`` draws it). Returns (grid, info) per sampler; each
-    info's ``x_T`` is the noise that sampler actually started from."""
-    count = _whole(count, "count", 1, MAX_COUNT)
+    noise (drawn from ``seed`` first, as ``pipe.sample`` draws it) and with the same conditions as
+    :func:`sample_images`. Returns (grid, info) per sampler; each info's ``x_T`` is the noise that sampler
+    actually started from."""
+    count = whole(count, "count", 1, MAX_COUNT)
+    conditioned = conditions(pipe, class_choice, guidance, autoguidance)
     T = pipe.schedule.num_train_timesteps
     runs = [("ddpm", T)] + [("ddim", check_steps(pipe, n, "DDIM steps")) for n in ddim_steps]
     total, done, out = sum(n for _, n in runs), 0, []
     for sampler, steps in runs:
-        images, info = _sample(pipe, sampler, steps, 0.0, None, seed, count, progress, done, total)
+        images, info = _sample(pipe, sampler, steps, 0.0, None, seed, count, conditioned, progress, done, total)
         done += steps
         out.append((picture(images), info))
     return out
@@ -198,11 +148,13 @@ class Trajectory:
 
 
 def trajectory(pipe, sampler: str = "ddim", steps=50, eta=0.0, spacing=None, seed=0,
-               progress: Progress | None = None) -> Trajectory:
-    """Sample one image from ``seed`` (the first image of :func:`sample_images` with that seed) and keep
-    x_t and x̂0 at every step."""
-    sampler = _sampler(sampler)
-    steps, eta, spacing = check_steps(pipe, steps), _eta(sampler, eta), _spacing(spacing)
+               progress: Progress | None = None, autoguidance=None, class_choice=None,
+               guidance=None) -> Trajectory:
+    """Sample one image from ``seed`` (the first image of :func:`sample_images` with that seed and conditions)
+    and keep x_t and x̂0 at every step."""
+    sampler = check_sampler(sampler)
+    steps, eta, spacing = check_steps(pipe, steps), check_eta(sampler, eta), check_spacing(spacing)
+    conditioned = conditions(pipe, class_choice, guidance, autoguidance)
     xs, x0s, ts = [], [], []
 
     def record(d):
@@ -210,13 +162,13 @@ def trajectory(pipe, sampler: str = "ddim", steps=50, eta=0.0, spacing=None, see
         x0s.append(d["x0"][:1].float().cpu().clamp(-1, 1))
         ts.append(int(d["t"]))
 
-    final, info = _sample(pipe, sampler, steps, eta, spacing, seed, 1, progress, record=record)
+    final, info = _sample(pipe, sampler, steps, eta, spacing, seed, 1, conditioned, progress, record=record)
     return Trajectory(torch.cat(xs), torch.cat(x0s), ts, final, info)
 
 
 def trajectory_frame(traj: Trajectory, k) -> tuple[np.ndarray, str]:
     """Step ``k`` (0-based): x_t beside x̂0, and a caption."""
-    k = _whole(k, "step", 0, len(traj.timesteps) - 1)
+    k = whole(k, "step", 0, len(traj.timesteps) - 1)
     pair = torch.stack([traj.x_t[k], traj.x0[k]])
     caption = f"step {k + 1} of {len(traj.timesteps)}, t = {traj.timesteps[k]}: x_t | x̂0"
     return picture(pair, nrow=2, size=384), caption
@@ -296,7 +248,7 @@ def pick_image(pipe, name: str) -> np.ndarray:
         return x[int(np.argmax(y == int(name[12:])))]
     if name.startswith("model sample, seed ") and name[19:].isdigit():
         steps = min(20, pipe.schedule.num_train_timesteps)
-        img = to_uint8(pipe.sample(1, steps=steps, generator=_gen(int(name[19:]))))[0].permute(1, 2, 0).numpy()
+        img = to_uint8(pipe.sample(1, steps=steps, generator=generator(int(name[19:]))))[0].permute(1, 2, 0).numpy()
         return img[..., 0] if img.shape[-1] == 1 else img
     raise ValueError(f"unknown test image {name!r}; choose one of {', '.join(test_image_names())}")
 
@@ -331,7 +283,7 @@ def invert_image(pipe, image, steps=20, refine=3, progress: Progress | None = No
     Returns ``{input, noise, reconstruction}`` (pictures), ``mse`` (per dimension, [0, 1] scale), ``psnr``
     (dB), ``noise_std``, ``seconds``, ``nfe`` (network evaluations, inversion and decoding) and ``note``.
     """
-    steps, refine = check_steps(pipe, steps), _whole(refine, "fixed-point iterations", 0, MAX_REFINE)
+    steps, refine = check_steps(pipe, steps), whole(refine, "fixed-point iterations", 0, MAX_REFINE)
     x, note = fit_image(pipe, image)
     t0, total = time.perf_counter(), steps * (2 + refine)
     z = _invert(pipe, x, steps, refine, progress, total)
@@ -354,7 +306,7 @@ class FusePair:
 
 def invert_pair(pipe, a, b, steps=20, refine=3, progress: Progress | None = None) -> FusePair:
     """Fit and invert two images in one batch, for :func:`fuse_strip` and :func:`fuse_at`."""
-    steps, refine = check_steps(pipe, steps), _whole(refine, "fixed-point iterations", 0, MAX_REFINE)
+    steps, refine = check_steps(pipe, steps), whole(refine, "fixed-point iterations", 0, MAX_REFINE)
     (xa, na), (xb, nb) = fit_image(pipe, a), fit_image(pipe, b)
     x = torch.cat([xa, xb])
     z = _invert(pipe, x, steps, refine, progress, steps * (1 + refine))

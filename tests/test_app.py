@@ -278,6 +278,51 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def labelled_dir(tmp_path_factory):
+    """A class-conditional run with a null label (label dropout) and guidance scale 2 stored as its default."""
+    out = tmp_path_factory.mktemp("app") / "labelled"
+    dk.train(dk.TrainConfig(model="tiny", data="mnist-5k", out=str(out), steps=2, batch_size=8, sample_every=0,
+                            num_sample_images=0, save_every=0, num_train_timesteps=T, autoguidance_at=None,
+                            class_conditional=True, guidance_scale=2.0), progress=False)
+    return out
+
+
+def test_class_menu_and_guidance_are_the_cli_labels_and_scales(labelled_dir, pipe):
+    """The page's class menu and classifier-free guidance slider sample what ``ddimkit sample --class-label K
+    --guidance-scale W`` samples; a guided step counts both networks; what a model cannot run is refused in
+    words before any work."""
+    from ddimkit.app_checks import EVERY_CLASS, NO_CLASS, class_choices
+
+    labelled = dk.load(labelled_dir, device="cpu")
+    assert class_choices(labelled) == [EVERY_CLASS, *(f"class {k}" for k in range(10)), NO_CLASS]
+    assert class_choices(pipe) == []
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    cases = [(dict(), dict(), 10, ", guidance w=2"),  # the model's defaults: every class in turn, w = 2
+             (dict(class_choice="class 3", guidance=1.0), dict(class_labels=3, guidance_scale=1.0), 5, ", class 3"),
+             (dict(class_choice="class 3", guidance=4), dict(class_labels=3, guidance_scale=4.0), 10,
+              ", class 3, guidance w=4"),
+             (dict(class_choice=NO_CLASS), dict(class_labels=labelled.null_label), 10, ", unconditional, guidance w=2")]
+    grids = []
+    for page, cli, nfe, words in cases:
+        grid, info = af.sample_images(labelled, "ddim", 5, 0.0, None, seed=0, count=3, **page)
+        assert np.array_equal(grid, af.picture(labelled.sample(3, steps=5, generator=g(), **cli)))
+        assert info["nfe"] == nfe and info["label"] == "DDIM η=0" + words
+        grids.append(grid)
+    assert all(not np.array_equal(a, b) for i, a in enumerate(grids) for b in grids[i + 1:])
+    traj = af.trajectory(labelled, "ddim", 5, 0.0, None, seed=0, class_choice="class 3", guidance=4)
+    assert torch.equal(traj.final, labelled.sample(1, steps=5, generator=g(), class_labels=3, guidance_scale=4.0))
+    runs = af.compare_samplers(labelled, seed=0, count=1, ddim_steps=(5,), class_choice="class 7")
+    assert [i["label"] for _, i in runs] == ["DDPM, class 7, guidance w=2", "DDIM η=0, class 7, guidance w=2"]
+    for model, kw, match in [(labelled, dict(class_choice="class 10"), "unknown class 'class 10'; choose one of"),
+                             (labelled, dict(guidance=-1), "guidance scale must be a number >= 0"),
+                             (labelled, dict(guidance="lots"), "guidance scale must be a number >= 0"),
+                             (pipe, dict(class_choice="class 1"), "not class-conditional"),
+                             (pipe, dict(guidance=2), "guidance needs a class-conditional model")]:
+        with pytest.raises(ValueError, match=match):
+            af.sample_images(model, "ddim", 5, 0.0, None, seed=0, count=2, **kw)
+
+
+@pytest.fixture(scope="module")
 def server(run_dir):
     pytest.importorskip("gradio")
     from ddimkit.app import launch
@@ -335,19 +380,37 @@ def test_served_page_works_and_survives_bad_input(server, tmp_path):
     assert "4 images" in _call(client, ckpt, "DPM-Solver++", 3, 0, "model default", 1, 4, 1, api_name="/sample")[1]
 
 
+def test_served_page_offers_a_labelled_models_classes(server, labelled_dir):
+    """Loading a class-conditional model shows its class menu and guidance slider, and both reach the sampler."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    demo, ckpt = server
+    client = Client(demo.local_url, verbose=False)
+    labelled = str(labelled_dir)
+    klass, cfg = _call(client, labelled, api_name="/load_model")[4:6]
+    assert klass["visible"] and klass["value"] == "every class in turn" and "class 9" in str(klass["choices"])
+    assert cfg["visible"] and cfg["interactive"] and cfg["value"] == 2
+    _, info = _call(client, labelled, "DDIM", 5, 0, "model default", 0, 2, 1, "class 3", 4, api_name="/sample")
+    assert "class 3, guidance w=4" in info and "10 network evaluations" in info
+    with pytest.raises(AppError, match="not class-conditional"):
+        _call(client, ckpt, "DDIM", 5, 0, "model default", 0, 2, 1, "class 3", 1, api_name="/sample")
+    assert not _call(client, ckpt, api_name="/load_model")[4]["visible"]  # back to a model without classes
+
+
 def test_stop_ends_the_work_itself(run_dir):
     """Gradio's cancels= only ends the event; the Stop flag ends the computation at the next evaluation."""
     pytest.importorskip("gradio")
     import gradio as gr
 
-    from ddimkit.app import _Page
+    from ddimkit.app_page import Page as _Page
 
     page, request = _Page(Models(device="cpu")), types.SimpleNamespace(session_hash="s1")
     errors = []
 
     def long_job():  # 256 images × 100 DDPM steps: far longer than the test waits
         try:
-            page.sample(str(run_dir), "DDPM", T, 0, "model default", 0, 256, 1, request, progress=None)
+            page.sample(str(run_dir), "DDPM", T, 0, "model default", 0, 256, 1, request=request, progress=None)
         except gr.Error as e:
             errors.append(e)
 
