@@ -7,6 +7,8 @@ For each checkpoint (its EMA weights), the first ``--num`` held-out images are n
 timesteps with the same noise for every model (:func:`recipe_study.denoising_error`), and the network's x̂0
 (clipped to [-1, 1]) and ε̂ are compared with the truth. Writes ``errors.json`` and ``errors.md`` (x̂0-MSE;
 predicting the per-pixel mean image everywhere scores the data's variance, printed as the last row).
+``--gaussian REAL`` adds a row for the Gaussian fit of the images REAL (:class:`kid_probe.GaussianDenoiser`:
+the posterior mean for data of their mean and covariance), an analytic estimate to hold the networks against.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import ddimkit as dk
 from ddimkit.data import load_images, to_model_range
+from kid_probe import GaussianDenoiser
 from recipe_study import TIMESTEPS, denoising_error, register_classes
 
 
@@ -34,6 +38,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heldout", required=True, help="image set spec of held-out images")
     ap.add_argument("--ckpt", action="append", required=True, help="a run folder or checkpoint (repeatable)")
+    ap.add_argument("--gaussian", default=None, metavar="REAL", help="a row for the Gaussian fit of these images")
     ap.add_argument("--num", type=int, default=512)
     ap.add_argument("--out", default="runs/denoising-error")
     args = ap.parse_args()
@@ -46,6 +51,10 @@ def main():
         pipe.model.eval()
         errors[ckpt] = denoising_error(pipe, x0)
         print(ckpt, {t: round(e[1], 4) for t, e in errors[ckpt].items()}, flush=True)
+    if args.gaussian:  # on the last checkpoint's schedule, as an x0-prediction "network"
+        gauss = GaussianDenoiser(load_images(args.gaussian), pipe.schedule.alphas_cumprod)
+        fit = SimpleNamespace(model=lambda xt, t: gauss(xt, t), schedule=pipe.schedule, prediction_type="sample")
+        errors[f"(the Gaussian fit of {args.gaussian})"] = denoising_error(fit, x0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "errors.json").write_text(json.dumps(dict(heldout=args.heldout, num=len(x0), timesteps=TIMESTEPS,

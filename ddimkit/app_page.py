@@ -217,11 +217,12 @@ def condition_controls(pipe) -> tuple[dict, dict, dict]:
     fixed at 1 without a guide), and for a class-conditional model its class menu and classifier-free
     guidance scale (fixed at 1 without a null label); both hidden for a model without classes."""
     has, choices, null = pipe.guide is not None, class_choices(pipe), pipe.null_label is not None
+    both = "other values evaluate both networks"
     guide = dict(value=pipe.autoguidance(), interactive=has,
-                 label="autoguidance w (1: the network alone, one network per step instead of two)" if has
+                 label=f"autoguidance w (1: the network alone, 0: the guide alone; {both})" if has
                  else "autoguidance: this model has no guide (train with --autoguidance-at)")
     klass = dict(choices=choices or [""], value=choices[0] if choices else "", visible=bool(choices))
     cfg = dict(value=pipe.sampling["guidance_scale"] if null else 1.0, interactive=null, visible=bool(choices),
-               label="classifier-free guidance w (1: the class alone, one network per step instead of two)" if null
+               label=f"classifier-free guidance w (1: the class alone, 0: unconditional; {both})" if null
                else "classifier-free guidance: this model has no null label (train with --label-dropout)")
     return guide, klass, cfg
