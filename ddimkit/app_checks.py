@@ -116,7 +116,8 @@ def conditions(pipe, class_choice=None, guidance=None, autoguidance=None) -> tup
     the model's defaults), checked before any work, and how they read in a label (empty at the defaults of
     an unguided model)."""
     label = _class_label(pipe, class_choice)
-    cfg = pipe.sampling["guidance_scale"] if _scale(guidance, "guidance") is None else float(guidance)
+    cfg = _scale(guidance, "guidance")
+    cfg = pipe.sampling["guidance_scale"] if cfg is None else cfg
     check_guidance(pipe.class_labels(label, 1), cfg, pipe.null_label)
     w = pipe.autoguidance(_scale(autoguidance, "autoguidance"))
     words = [] if label is None else ["unconditional" if label == pipe.null_label else f"class {label}"]

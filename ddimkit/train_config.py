@@ -174,7 +174,7 @@ class TrainConfig:
 #: bf16 autocast pays on a CPU with native bf16 only from about this many FLOPs per image's forward pass:
 #: side by side on one thread of an AVX-512 BF16 CPU, the `small` UNet (144 MFLOP at 28×28) trained 1.63×
 #: faster in bf16, `tiny` (36 MFLOP) 0.93× (its 8-channel convolutions are bound by memory, not arithmetic;
-#: 1.26× since attention is written out in bf16, so the threshold is due for a new measurement).
+#: 1.26× since attention is written out in bf16, but 0.96× on two threads: docs/training.md).
 CPU_BF16_MIN_FLOPS = 1e8
 
 
