@@ -254,13 +254,14 @@ def main():
     for label, u8 in (perturbations(load_images(args.real)[:args.num]) if args.perturb else {}).items():
         record(label, u8)
     scales = [float(w) for w in args.autoguidance.split(",")] if args.autoguidance else [None]
+    interval = tuple(map(int, args.guidance_interval.split(","))) if args.guidance_interval else None
+    gaussian = None
     if args.gaussian_above is not None:
         if not args.real:
             raise SystemExit("--gaussian-above fits the Gaussian to --real")
-        gauss = GaussianDenoiser(load_images(args.real), dk.load(args.ckpt).schedule.alphas_cumprod)
+        gaussian = (GaussianDenoiser(load_images(args.real), dk.load(args.ckpt).schedule.alphas_cumprod),
+                    args.gaussian_above)
     for cell in filter(None, args.cells.split(",")):
-        interval = tuple(map(int, args.guidance_interval.split(","))) if args.guidance_interval else None
-        gaussian = None if args.gaussian_above is None else (gauss, args.gaussian_above)
         pipe = cell_pipeline(args.ckpt, cell, not args.raw, args.guide, args.eps_scale, interval, gaussian)
         for w in scales:
             name = cell + (" raw" if args.raw else "") + ("" if w is None else f" autoguidance {w:g}") + (
