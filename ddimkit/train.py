@@ -188,7 +188,7 @@ def train(cfg: TrainConfig | dict, resume: bool = False, stop_after: int | None 
     prediction_type = run_cfg["prediction_type"]
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
-                                  **({"fused": True} if cuda else {}))
+                                  betas=(0.9, cfg.adam_beta2), **({"fused": True} if cuda else {}))
     ema = EMA(model)
     start, guide, guide_step = 0, None, None  # autoguidance's guide: the EMA weights at guide_step
     if resume:

@@ -35,6 +35,7 @@ class TrainConfig:
         lr, warmup, lr_schedule: peak learning rate (None: the preset's, :data:`DEFAULT_LR`), linear warm-up
             steps, then ``constant`` or ``cosine``.
         weight_decay, grad_clip: AdamW weight decay; gradient-norm clip (0 = off).
+        adam_beta2: AdamW's β2, the decay of its running mean of squared gradients (β1 is 0.9).
         ema_decay, ema_warmup: EMA decay; with warm-up the decay is min(decay, (1+k)/(10+k)).
         prediction: ``eps``, ``x0`` or ``v`` (aliases of epsilon, sample, v_prediction).
         min_snr_gamma: min-SNR-γ loss weighting, or None for plain MSE.
@@ -80,6 +81,7 @@ class TrainConfig:
     warmup: int = 100
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
@@ -120,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"min_snr_gamma must be a positive number or None, got {self.min_snr_gamma!r}")
         if self.timestep_sampling not in ("uniform", "importance"):
             raise ValueError(f"timestep_sampling must be uniform or importance, got {self.timestep_sampling!r}")
+        if not 0 <= self.adam_beta2 < 1:
+            raise ValueError(f"adam_beta2 must lie in [0, 1), got {self.adam_beta2}")
         if not 0 <= self.input_perturbation <= 1:
             raise ValueError(f"input_perturbation must lie in [0, 1], got {self.input_perturbation}")
         if not 0 <= self.label_dropout < 1:

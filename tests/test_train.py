@@ -154,3 +154,21 @@ def test_two_processes_data_parallel(tmp_path):
     a, b = _weights(single), _weights(tmp_path / "ddp")
     for k in a[0]:
         assert torch.allclose(a[0][k], b[0][k], atol=1e-5), k
+
+
+def test_adam_beta2_reaches_the_optimizer_and_is_checked(tmp_path, capsys):
+    """AdamW's β2 is the config's (default 0.999), set by ``train --adam-beta2`` and kept in the checkpoint's
+    optimizer state; an impossible one is refused in one line before any work."""
+    from ddimkit.cli import main
+
+    assert TrainConfig().adam_beta2 == 0.999
+    assert main(["train", "--model", "tiny", "--out", str(tmp_path / "a"), "--steps", "2", "--batch-size", "8",
+                 "--sample-every", "0", "--adam-beta2", "0.99"]) == 0
+    betas = read_checkpoint(tmp_path / "a", optimizer=True)["optimizer"]["param_groups"][0]["betas"]
+    assert tuple(betas) == (0.9, 0.99)
+    with pytest.raises(ValueError, match="adam_beta2 must lie in"):
+        TrainConfig(adam_beta2=1.0)
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "b"), "--adam-beta2", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "adam_beta2 must lie in [0, 1)" in err and "Traceback" not in err and not (tmp_path / "b").exists()

@@ -35,6 +35,7 @@ def register(sub):
     p.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="linear LR warm-up steps")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--adam-beta2", type=float, default=d.adam_beta2, help="AdamW's β2 (default: %(default)s)")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=d.ema_warmup)
