@@ -53,7 +53,7 @@ def main():
         print(ckpt, {t: round(e[1], 4) for t, e in errors[ckpt].items()}, flush=True)
     if args.gaussian:  # on the last checkpoint's schedule, as an x0-prediction "network"
         gauss = GaussianDenoiser(load_images(args.gaussian), pipe.schedule.alphas_cumprod)
-        fit = SimpleNamespace(model=lambda xt, t: gauss(xt, t), schedule=pipe.schedule, prediction_type="sample")
+        fit = SimpleNamespace(model=gauss, schedule=pipe.schedule, prediction_type="sample")
         errors[f"(the Gaussian fit of {args.gaussian})"] = denoising_error(fit, x0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

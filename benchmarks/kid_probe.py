@@ -59,18 +59,29 @@ def perturbations(real_u8: torch.Tensor) -> dict:
     return out
 
 
-def _identity_last(pipe):
-    """Replace the network's output at t = 0 by x_t/√ᾱ_0 (x0-prediction models only)."""
+def _rewire(pipe, option: str, nets, output):
+    """Make each of ``nets`` (None skipped) return ``output(x, t, own)`` instead, where ``own()`` runs the network
+    and returns its x̂0: how the probes change what an x0-prediction model predicts (``option`` names the probe)."""
     if pipe.prediction_type != "sample":
-        raise SystemExit("identity-last needs an x0-prediction model")
-    net, ab0 = pipe.model, float(pipe.schedule.alphas_cumprod[0])
-    forward = net.forward
+        raise SystemExit(f"{option} needs an x0-prediction model")
+    for net in filter(None, nets):
+        forward = net.forward
 
-    def last_is_identity(x, t, *args, **kwargs):
-        out = forward(x, t, *args, **kwargs)
-        return torch.where((t == 0).view(-1, 1, 1, 1), x / ab0 ** 0.5, getattr(out, "sample", out))
+        def rewired(x, t, *args, _forward=forward, **kwargs):
+            def own():
+                out = _forward(x, t, *args, **kwargs)
+                return getattr(out, "sample", out)
 
-    net.forward = last_is_identity
+            return output(x, t, own)
+
+        net.forward = rewired
+
+
+def _identity_last(pipe):
+    """Replace the network's output at t = 0 by x_t/√ᾱ_0."""
+    ab0 = float(pipe.schedule.alphas_cumprod[0])
+    _rewire(pipe, "identity-last", (pipe.model,),
+            lambda x, t, own: torch.where((t == 0).view(-1, 1, 1, 1), x / ab0 ** 0.5, own()))
 
 
 class _GuideInInterval(torch.nn.Module):
@@ -90,22 +101,9 @@ class _GuideInInterval(torch.nn.Module):
 def _eps_scaled(pipe, lam: float):
     """Epsilon scaling (Ning et al. 2024, against exposure bias): sample with ε̂/λ and the x̂0 it implies,
     (x_t - √(1-ᾱ_t) ε̂/λ)/√ᾱ_t, for an x0-prediction network: x̂0/λ + (1 - 1/λ) x_t/√ᾱ_t."""
-    if pipe.prediction_type != "sample":
-        raise SystemExit("--eps-scale needs an x0-prediction model")
     sqrt_ab = pipe.schedule.alphas_cumprod.double().sqrt().float()
-
-    def wrap(net):
-        forward = net.forward
-
-        def scaled(x, t, *args, **kwargs):
-            out = forward(x, t, *args, **kwargs)
-            a = sqrt_ab.to(x.device)[t].view(-1, 1, 1, 1)
-            return getattr(out, "sample", out) / lam + (1 - 1 / lam) * x / a
-
-        net.forward = scaled
-
-    for net in filter(None, (pipe.model, pipe.guide)):
-        wrap(net)
+    _rewire(pipe, "--eps-scale", (pipe.model, pipe.guide),
+            lambda x, t, own: own() / lam + (1 - 1 / lam) * x / sqrt_ab.to(x.device)[t].view(-1, 1, 1, 1))
 
 
 class GaussianDenoiser:
@@ -130,18 +128,8 @@ class GaussianDenoiser:
 
 def _gaussian_above(pipe, gauss: GaussianDenoiser, t_min: int):
     """Replace the x0-prediction networks' output (model and guide) by ``gauss``'s for t > ``t_min``."""
-    if pipe.prediction_type != "sample":
-        raise SystemExit("--gaussian-above needs an x0-prediction model")
-    for net in filter(None, (pipe.model, pipe.guide)):
-        forward = net.forward
-
-        def replaced(x, t, *args, _forward=forward, **kwargs):
-            if int(t.reshape(-1)[0]) > t_min:  # a sampler's batch shares its t
-                return gauss(x, t)
-            out = _forward(x, t, *args, **kwargs)
-            return getattr(out, "sample", out)
-
-        net.forward = replaced
+    _rewire(pipe, "--gaussian-above", (pipe.model, pipe.guide),  # a sampler's batch shares its t
+            lambda x, t, own: gauss(x, t) if int(t.reshape(-1)[0]) > t_min else own())
 
 
 def cell_pipeline(ckpt: str, cell: str, ema: bool = True, guide: str | None = None, eps_scale: float = 1.0,

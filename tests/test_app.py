@@ -26,13 +26,18 @@ from ddimkit.metrics import reconstruction_mse
 T = 100  # the tiny model's schedule: a DDPM with all T steps stays quick
 
 
+def _tiny_run(tmp_path_factory, name: str, **kw):
+    """A tiny model on the bundled digits, trained for two steps, without a guide unless asked for."""
+    out = tmp_path_factory.mktemp("app") / name
+    dk.train(dk.TrainConfig(**{**dict(model="tiny", data="mnist-5k", out=str(out), steps=2, batch_size=8,
+                                      sample_every=0, num_sample_images=0, save_every=0, num_train_timesteps=T,
+                                      autoguidance_at=None), **kw}), progress=False)
+    return out
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("app") / "run"
-    dk.train(dk.TrainConfig(model="tiny", data="mnist-5k", out=str(out), steps=2, batch_size=8, sample_every=0,
-                            num_sample_images=0, save_every=0, num_train_timesteps=T,
-                            autoguidance_at=None), progress=False)  # one network per step; a guided one below
-    return out
+    return _tiny_run(tmp_path_factory, "run")  # one network per step; a guided one below
 
 
 @pytest.fixture(scope="module")
@@ -280,15 +285,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def labelled_dir(tmp_path_factory):
     """A class-conditional run with a null label (label dropout) and guidance scale 2 stored as its default."""
-    out = tmp_path_factory.mktemp("app") / "labelled"
-    dk.train(dk.TrainConfig(model="tiny", data="mnist-5k", out=str(out), steps=2, batch_size=8, sample_every=0,
-                            num_sample_images=0, save_every=0, num_train_timesteps=T, autoguidance_at=None,
-                            class_conditional=True, guidance_scale=2.0), progress=False)
-    return out
+    return _tiny_run(tmp_path_factory, "labelled", class_conditional=True, guidance_scale=2.0)
 
 
 def test_class_menu_and_guidance_are_the_cli_labels_and_scales(labelled_dir, pipe):
-    """The page's class menu and classifier-free guidance slider sample what ``ddimkit sample --class-label K
+    """The page's class menu and classifier-free guidance slider sample what ``ddimkit sample --class-labels K
     --guidance-scale W`` samples; a guided step counts both networks; what a model cannot run is refused in
     words before any work."""
     from ddimkit.app_checks import EVERY_CLASS, NO_CLASS, class_choices
