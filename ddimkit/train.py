@@ -32,6 +32,7 @@ from .compiled_net import compile_for_training
 from .data import to_model_range
 from .diffusion import timestep_probabilities, training_loss
 from .labels import num_classes
+from .noise_assignment import assign_noise
 from .pipeline import Pipeline
 from .schedule import NoiseSchedule
 from .train_config import DEFAULT_LR, TrainConfig, training_precision
@@ -126,6 +127,8 @@ def draw_batch(cfg: TrainConfig, k: int, images: torch.Tensor, schedule: NoiseSc
     if cfg.flip:
         flip = torch.rand(cfg.batch_size, generator=g) < 0.5
         x0 = torch.where(flip.reshape(-1, 1, 1, 1), x0.flip(3), x0)
+    if cfg.noise_assignment == "batch":
+        noise = assign_noise(x0, noise)  # over the global batch, so a run's pairs do not depend on its processes
     noisy = None
     if cfg.input_perturbation:
         # drawn after the flips, so that a run without perturbation draws exactly what it always did

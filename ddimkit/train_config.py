@@ -9,6 +9,7 @@ from typing import Callable
 
 from .compile_policy import check_compile
 from .diffusion import check_prediction_type
+from .noise_assignment import NOISE_ASSIGNMENTS
 from .schedule import NoiseSchedule
 
 __all__ = ["TrainConfig", "DEFAULT_LR", "cpu_has_native_bf16", "training_precision", "CPU_BF16_MIN_FLOPS"]
@@ -42,6 +43,8 @@ class TrainConfig:
         timestep_sampling: ``uniform`` t, or ``importance``: t drawn in proportion to the min-SNR weight,
             each loss divided by T·p(t), the same expected loss with less variance
             (:func:`~ddimkit.diffusion.timestep_probabilities`).
+        noise_assignment: ``none``, or ``batch``: pair each batch's images and noise draws by the assignment
+            of least total distance (Immiscible Diffusion; :mod:`ddimkit.noise_assignment`).
         input_perturbation: γ of input perturbation (Ning et al. 2023): the network sees x_t made with
             ε + γξ (ξ fresh noise) and is trained on the target of ε; 0 turns it off.
         self_condition: self-conditioning (:mod:`ddimkit.self_condition`): the network also takes its own
@@ -89,6 +92,7 @@ class TrainConfig:
     min_snr_gamma: float | None = 5.0
     timestep_sampling: str = "uniform"
     input_perturbation: float = 0.0
+    noise_assignment: str = "none"
     self_condition: bool = False
     class_conditional: bool = False
     label_dropout: float = 0.1
@@ -124,6 +128,9 @@ class TrainConfig:
             raise ValueError(f"timestep_sampling must be uniform or importance, got {self.timestep_sampling!r}")
         if not 0 <= self.adam_beta2 < 1:
             raise ValueError(f"adam_beta2 must lie in [0, 1), got {self.adam_beta2}")
+        if self.noise_assignment not in NOISE_ASSIGNMENTS:
+            raise ValueError(f"noise_assignment must be one of {', '.join(NOISE_ASSIGNMENTS)}, "
+                             f"got {self.noise_assignment!r}")
         if not 0 <= self.input_perturbation <= 1:
             raise ValueError(f"input_perturbation must lie in [0, 1], got {self.input_perturbation}")
         if not 0 <= self.label_dropout < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 
@@ -85,6 +86,12 @@ def cmd_sample(args):
         raise UsageError(f"--steps {args.steps} exceeds the model's {T} training timesteps")
     if args.sampler == "ddpm" and args.eta not in (0, 0.0):
         raise UsageError("--eta applies to --sampler ddim; ddpm takes --variance small|large")
+    if pipe.config.get("train", {}).get("noise_assignment", "none") != "none" and (
+            args.sampler == "ddpm" or args.eta != 0):
+        # the stochastic samplers assume noise independent of the image, which noise assignment gives up
+        print("ddimkit sample: warning: this model was trained with noise assignment, for which only the "
+              "deterministic samplers (DDIM η = 0, dpmpp-2m) are exact; η > 0 and DDPM sample it worse "
+              "(docs/training.md)", file=sys.stderr)
     clip = "config" if args.clip is None else (args.clip_range if args.clip else None)
     steps = args.steps or (T if args.sampler == "ddpm" else 50)
     record, every = [], max(1, math.ceil(steps / args.trajectory_points))

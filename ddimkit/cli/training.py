@@ -44,6 +44,9 @@ def register(sub):
                    help="min-SNR-γ loss weighting, or 'off' (default: %(default)s)")
     p.add_argument("--timestep-sampling", choices=("uniform", "importance"), default=d.timestep_sampling,
                    help="draw t uniformly, or in proportion to its loss weight (default: %(default)s)")
+    p.add_argument("--noise-assignment", choices=("none", "batch"), default=d.noise_assignment,
+                   help="batch: pair each batch's images with its noise draws by least total distance "
+                        "(Immiscible Diffusion; default: %(default)s)")
     p.add_argument("--input-perturbation", type=float, default=d.input_perturbation, metavar="GAMMA",
                    help="train on x_t made with noise + GAMMA x fresh noise (0: off; default: %(default)s)")
     p.add_argument("--self-condition", action="store_true",
