@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["conditioned", "class_labels_for", "check_guidance"]
+__all__ = ["conditioned", "class_labels_for", "check_guidance", "networks_evaluated"]
 
 
 def _output(out):
@@ -63,6 +63,12 @@ def conditioned(model: Callable, class_labels: torch.Tensor, guidance_scale: flo
         return null + guidance_scale * (_output(model(x, t, labels)) - null)
 
     return net
+
+
+def networks_evaluated(scale: float) -> int:
+    """Network evaluations of one mix u + w (c − u), by classifier-free guidance (c: conditional, u: null) or
+    autoguidance (c: the model, u: the guide): one at w = 1 (c alone) or w = 0 (u alone), two otherwise."""
+    return 1 if scale in (0, 1) else 2
 
 
 def class_labels_for(labels: int | Sequence[int] | torch.Tensor | None, n: int, num_classes: int | None,

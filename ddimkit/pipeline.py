@@ -19,6 +19,7 @@ from .interpolate import slerp
 from .batching import auto_batch_size
 from .compile_policy import check_compile
 from .compiled_net import compiled_sampling_net
+from .guidance import check_guidance, class_labels_for, networks_evaluated
 from .noise import generators_from_seeds, randn
 from .sampling import SAMPLERS, ddim_invert, sample
 from .schedule import NoiseSchedule
@@ -96,8 +97,6 @@ class Pipeline:
 
     def class_labels(self, labels=None, n: int = 1, default: str = "cycle") -> torch.Tensor | None:
         """The label of each of ``n`` images (:func:`ddimkit.guidance.class_labels_for`)."""
-        from .guidance import class_labels_for
-
         return class_labels_for(labels, n, self.num_classes, self.null_label, default)
 
     @property
@@ -151,7 +150,7 @@ class Pipeline:
         classifier-free guidance (w ∉ {0, 1}: conditional and null), and each of those twice with autoguidance
         (w ∉ {0, 1}: model and guide)."""
         cfg = self.sampling["guidance_scale"] if guidance_scale is None else guidance_scale
-        return (1 if cfg in (0, 1) else 2) * (1 if self.autoguidance(autoguidance_scale) in (0, 1) else 2)
+        return networks_evaluated(cfg) * networks_evaluated(self.autoguidance(autoguidance_scale))
 
     def _net(self, compiled: bool = True, batch_size: int | None = None, work: float = 0.0,
              autoguidance: float = 1.0) -> Callable:
@@ -280,7 +279,6 @@ class Pipeline:
         if guidance_scale is not None:
             opts["guidance_scale"] = guidance_scale
         labels = self.class_labels(class_labels, n)
-        from .guidance import check_guidance
 
         check_guidance(labels, opts["guidance_scale"], self.null_label)  # before any progress is shown
         autoguidance = self.autoguidance(autoguidance_scale)
