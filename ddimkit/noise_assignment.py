@@ -1,4 +1,4 @@
-"""Noise assignment: each image of a training batch is paired with the batch's noise draw nearest to it.
+"""Noise assignment: a training batch's images and noise draws are paired so that the pairs lie close.
 
 Immiscible Diffusion (Li et al. 2024, "Accelerating Diffusion Training with Noise Assignment") pairs the
 batch's B images with its B noise draws by a linear assignment that minimises Σ‖x0_i − ε_π(i)‖², instead of
@@ -11,14 +11,14 @@ Why this suits DDIM η = 0 in particular. For any coupling of x0 and ε with the
 dx/dt = E[√ᾱ_t' x0 + √(1-ᾱ_t)' ε | x_t] carries the law of x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε from noise to data
 (the stochastic-interpolant view of flow matching), and DDIM η = 0 is that ODE written with
 ε̂ = (x_t − √ᾱ_t x̂0)/√(1-ᾱ_t): it stays exact. The stochastic samplers (η > 0, DDPM) use q(x_s | x_t, x0),
-which assumes ε independent of x0; with a batch of 64 the dependence is weak, but it is there.
+which assumes ε independent of x0. The dependence a batch of 64 makes looks weak, but on Fashion-MNIST it
+costs DDIM η = 1 most of its shapes (docs/training.md, "Noise assignment").
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 __all__ = ["assign_noise", "NOISE_ASSIGNMENTS"]
 
@@ -36,6 +36,8 @@ def assign_noise(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     Returns:
         a permutation of ``noise``'s rows (the same tensors, reordered).
     """
+    from scipy.optimize import linear_sum_assignment  # here: every `ddimkit` command imports this module
+
     if x0.shape != noise.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
     # ‖x − n‖² = ‖x‖² − 2⟨x, n⟩ + ‖n‖²: the first term is the same for every pairing, so the cost is the rest.

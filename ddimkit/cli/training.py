@@ -12,6 +12,7 @@ from .common import (UsageError, add_compile_args, non_negative_float, non_negat
 
 
 def register(sub):
+    from ..noise_assignment import NOISE_ASSIGNMENTS
     from ..train import TrainConfig
 
     d = TrainConfig()
@@ -44,7 +45,7 @@ def register(sub):
                    help="min-SNR-γ loss weighting, or 'off' (default: %(default)s)")
     p.add_argument("--timestep-sampling", choices=("uniform", "importance"), default=d.timestep_sampling,
                    help="draw t uniformly, or in proportion to its loss weight (default: %(default)s)")
-    p.add_argument("--noise-assignment", choices=("none", "batch"), default=d.noise_assignment,
+    p.add_argument("--noise-assignment", choices=NOISE_ASSIGNMENTS, default=d.noise_assignment,
                    help="batch: pair each batch's images with its noise draws by least total distance "
                         "(Immiscible Diffusion; default: %(default)s)")
     p.add_argument("--input-perturbation", type=float, default=d.input_perturbation, metavar="GAMMA",
