@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 import ddimkit as dk
-from ddimkit.checkpoint import read_checkpoint
+from ddimkit.checkpoint import mean_weights
 from ddimkit.classifier import classifier_fd, load_classifier
 from ddimkit.data import load_images, to_model_range, to_uint8
 from ddimkit.diffusion import add_noise, levels
@@ -140,9 +140,8 @@ def cell_pipeline(ckpt: str, cell: str, ema: bool = True, guide: str | None = No
     above t_min (so each cell loads afresh)."""
     pipe = dk.load(ckpt, ema=ema)
     if guide:  # other checkpoints' EMA weights as the guide: one's, or the mean of several (a longer average)
-        states = [read_checkpoint(g)["model"] for g in guide.split(",")]
         pipe.guide = copy.deepcopy(pipe.model)
-        pipe.guide.load_state_dict({k: sum(s[k].double() for s in states) / len(states) for k in states[0]})
+        pipe.guide.load_state_dict(mean_weights(guide.split(",")))
     if cell.startswith("identity-last:"):
         _identity_last(pipe)
     if eps_scale != 1:

@@ -31,7 +31,7 @@ import torch
 
 import ddimkit as dk
 from ddimkit import classifier as C
-from ddimkit.checkpoint import checkpoint_dirs, read_checkpoint
+from ddimkit.checkpoint import checkpoint_dirs, mean_weights
 from ddimkit.data import to_uint8
 from ddimkit.denoiser import Denoiser
 from ddimkit.guidance import conditioned
@@ -75,8 +75,7 @@ def averaged_weights(run: str, k: int) -> dict[str, torch.Tensor]:
     ckpts = checkpoint_dirs(run)
     if len(ckpts) < k:
         raise SystemExit(f"error: --average {k} needs {k} checkpoints in {run}/checkpoints, found {len(ckpts)}")
-    sds = [read_checkpoint(c)["model"] for c in ckpts[-k:]]
-    return {name: sum(sd[name].float() for sd in sds) / k for name in sds[0]}
+    return mean_weights(ckpts[-k:])
 
 
 def main():

@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "resolve_checkpoint", "read_checkpoint", "load_safetensors", "write_json",
-           "read_json", "atomic_write", "optimizer_tensors", "optimizer_from_tensors", "FORMAT"]
+__all__ = ["save_checkpoint", "resolve_checkpoint", "read_checkpoint", "mean_weights", "load_safetensors",
+           "write_json", "read_json", "atomic_write", "optimizer_tensors", "optimizer_from_tensors", "FORMAT"]
 
 FORMAT = "ddimkit-checkpoint-v1"
 
@@ -221,3 +221,13 @@ def read_checkpoint(path: str | Path, ema: bool = True, optimizer: bool = False,
         out["optimizer"] = optimizer_from_tensors(load_safetensors(ckpt / "optimizer.safetensors", device),
                                                   state["optimizer"])
     return out
+
+
+def mean_weights(paths, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The mean of several checkpoints' weights (their EMA weights when ``ema``): a longer average of one run,
+    made after the fact. Summed in float64 so that the order of the checkpoints does not matter; returned in the
+    stored dtypes."""
+    states = [read_checkpoint(p, ema=ema)["model"] for p in paths]
+    if not states:
+        raise ValueError("no checkpoints to average")
+    return {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) for k, v in states[0].items()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ddimkit as dk
-from ddimkit.checkpoint import read_checkpoint
+from ddimkit.checkpoint import checkpoint_dirs, mean_weights, read_checkpoint
 from ddimkit.train import TrainConfig, TrainingError, batch_indices, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,3 +172,22 @@ def test_adam_beta2_reaches_the_optimizer_and_is_checked(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "b"), "--adam-beta2", "1"]) != 0
     err = capsys.readouterr().err
     assert "adam_beta2 must lie in [0, 1)" in err and "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def test_mean_weights_is_the_checkpoints_mean(tmp_path):
+    """The mean of two checkpoints' EMA (or raw) weights, entry by entry, in their dtype; one is itself."""
+    from ddimkit.cli import main
+
+    assert main(["train", "--model", "tiny", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4",
+                 "--save-every", "1", "--keep", "2", "--sample-every", "0"]) == 0
+    first, second = checkpoint_dirs(tmp_path)
+    for ema in (True, False):
+        a, b = (read_checkpoint(c, ema=ema)["model"] for c in (first, second))
+        mean = mean_weights([first, second], ema=ema)
+        assert any(not torch.equal(a[k], b[k]) for k in a)  # the two differ, so the mean is not either
+        for k in a:
+            assert mean[k].dtype == a[k].dtype
+            torch.testing.assert_close(mean[k], ((a[k].double() + b[k].double()) / 2).to(a[k].dtype), rtol=0, atol=0)
+        assert all(torch.equal(v, a[k]) for k, v in mean_weights([first], ema=ema).items())
+    with pytest.raises(ValueError, match="no checkpoints"):
+        mean_weights([])
