@@ -225,8 +225,7 @@ def read_checkpoint(path: str | Path, ema: bool = True, optimizer: bool = False,
 
 def mean_weights(paths, ema: bool = True) -> dict[str, torch.Tensor]:
     """The mean of several checkpoints' weights (their EMA weights when ``ema``): a longer average of one run,
-    made after the fact. Summed in float64 so that the order of the checkpoints does not matter; returned in the
-    stored dtypes."""
+    made after the fact. Summed in float64, returned in the stored dtypes."""
     states = [read_checkpoint(p, ema=ema)["model"] for p in paths]
     if not states:
         raise ValueError("no checkpoints to average")

@@ -17,7 +17,6 @@ costs DDIM η = 1 most of its shapes (docs/training.md, "Noise assignment").
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 __all__ = ["assign_noise", "NOISE_ASSIGNMENTS"]
@@ -45,7 +44,5 @@ def assign_noise(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     x = x0.reshape(len(x0), -1).double()
     n = noise.reshape(len(noise), -1).double()
     cost = (n * n).sum(1)[None, :] - 2 * x @ n.T
-    rows, cols = linear_sum_assignment(cost.numpy())
-    order = np.empty_like(cols)
-    order[rows] = cols
-    return noise[torch.from_numpy(order)]
+    _, cols = linear_sum_assignment(cost.numpy())  # square cost: the rows come back as 0..B-1, in order
+    return noise[torch.from_numpy(cols)]
